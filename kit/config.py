@@ -1,0 +1,270 @@
+"""The run config: typed sections, presets from YAML, `key=value` overrides, validation.
+
+A run is a preset plus overrides:
+
+    cfg = load_config("cpu-tiny", ["train.max_steps=4", "lora.r=8"])
+    python -m kit plan --preset cpu-tiny --set train.max_steps=4   # (CLI view)
+
+A preset is a name from `configs/` (`cpu-tiny`, `cpu-demo`, `colab-t4`, ...) or
+the path of a YAML file. Every problem in a preset or the overrides (unknown
+key, wrong type, bad value) is collected and raised as one `ConfigError` that
+names each offending key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A preset or override is not valid; the message lists every problem."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "${KIT_CACHE}/models/tiny-smollm2"
+    """Local folder or Hub id of the base model. `${KIT_CACHE}` is ~/.cache/kit unless set."""
+    revision: str = "main"
+    """Hub revision of the base model (recorded in the adapter for the merge's compatibility check)."""
+    dtype: str = "float32"
+    """Weights' dtype: float32 | bfloat16 | float16."""
+    load_in_4bit: bool = False
+    """QLoRA: NF4 4-bit base weights with double quantization (needs CUDA and bitsandbytes)."""
+    attn_implementation: str = "sdpa"
+    """sdpa | eager | flash_attention_2."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30% slower."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """Adapter rank: higher fits more, costs memory and merge size."""
+    alpha: int = 32
+    """Scaling numerator: the update is (alpha / r) * B @ A."""
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+    """PEFT target modules: "all-linear" or a comma-separated list of module names."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+    init_seed: int = 0
+    """Seed of the LoRA init; the same on every shard so the adapters start from one point."""
+
+
+@dataclass
+class DataConfig:
+    max_length: int = 1024
+    """Tokens per example; longer examples are cut at the end (dropped if no answer token is left)."""
+    last_turn_only: bool = False
+    """Train only on the last assistant message of each conversation."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """Optimizer steps for the shard."""
+    save_steps: int = 20
+    """A checkpoint every this many steps: the most a crash or a disconnect can lose."""
+    micro_batch_size: int = 8
+    """Examples per forward pass; lower it first when memory is short."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: global batch = micro_batch_size * grad_accum * GPUs."""
+    lr: float = 2e-4
+    seed: int = 0
+    """Seed of the data order and dropout; with it the run is reproducible and resumable bit for bit on CPU."""
+    warmup_steps: int = 0
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"
+    """adamw_torch | paged_adamw_8bit (bitsandbytes, GPU) | ..."""
+    fp16: bool = False
+    bf16: bool = False
+    logging_steps: int = 1
+    save_total_limit: int = 2
+    """Local checkpoints kept; older ones are deleted after a newer one is complete."""
+
+
+@dataclass
+class EvalConfig:
+    max_samples: int = 0
+    """Eval examples used for the eval loss; 0 = all of the eval split."""
+    generate_samples: int = 32
+    """Eval prompts answered by greedy generation for the JSON validity rate."""
+    max_new_tokens: int = 128
+    batch_size: int = 8
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    preset: str = ""
+    """Where this config came from (set by load_config)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved_model_path(self) -> str:
+        return expand_path(self.model.name_or_path)
+
+
+SECTIONS = ("model", "lora", "data", "train", "eval")
+
+
+def kit_cache_dir() -> Path:
+    """$KIT_CACHE, or ~/.cache/kit: prepared demo models and tokenized data live here."""
+    return Path(os.environ.get("KIT_CACHE") or Path.home() / ".cache" / "kit")
+
+
+def expand_path(value: str) -> str:
+    """Expand `${KIT_CACHE}` (with its default), other environment variables and `~`."""
+    value = value.replace("${KIT_CACHE}", str(kit_cache_dir()))
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def presets_dir() -> Path:
+    """The presets folder: `configs/` of a checkout, or the copy packaged as `kit.configs` in a wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if checkout.is_dir():
+        return checkout
+    from importlib import resources
+
+    return Path(str(resources.files("kit.configs")))
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def parse_overrides(text: str | list[str] | None) -> list[str]:
+    """Overrides from a notebook parameter: `"train.lr=1e-4; lora.r=8"` (`;` or newlines between them) or a list."""
+    if not text:
+        return []
+    if isinstance(text, (list, tuple)):
+        return [str(t) for t in text]
+    return [part.strip() for part in re.split(r"[;\n]", text) if part.strip()]
+
+
+def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Build a RunConfig from a preset name or YAML path plus `section.key=value` overrides."""
+    path = Path(preset)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = presets_dir() / f"{preset}.yaml"
+        if not path.is_file():
+            names = ", ".join(available_presets())
+            raise ConfigError(f"unknown preset {preset!r}: use one of {names}, or the path of a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a preset is a mapping of sections (model, lora, data, train, eval)")
+    errors: list[str] = []
+    cfg = RunConfig(preset=str(preset))
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            errors.append(_unknown(f"{section}", SECTIONS, where=str(path)))
+            continue
+        if not isinstance(values, dict):
+            errors.append(f"{path}: `{section}` must be a mapping of keys")
+            continue
+        for key, value in values.items():
+            _assign(cfg, f"{section}.{key}", value, errors, where=str(path))
+    for item in overrides:
+        if "=" not in item:
+            errors.append(f"override {item!r}: write it as section.key=value, e.g. train.lr=1e-4")
+            continue
+        key, text = item.split("=", 1)
+        _assign(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "", errors, where="--set")
+    errors += validate(cfg)
+    if errors:
+        raise ConfigError("config is not valid:\n  - " + "\n  - ".join(errors))
+    return cfg
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Value checks that types alone can't express; each message names the key and the fix."""
+    errors = []
+    t = cfg.train
+    for key in ("max_steps", "save_steps", "micro_batch_size", "grad_accum", "logging_steps"):
+        if getattr(t, key) < 1:
+            errors.append(f"train.{key}={getattr(t, key)}: must be at least 1")
+    if t.lr <= 0:
+        errors.append(f"train.lr={t.lr}: must be positive")
+    if t.fp16 and t.bf16:
+        errors.append("train.fp16 and train.bf16 are both true: choose one")
+    if cfg.lora.r < 1:
+        errors.append(f"lora.r={cfg.lora.r}: must be at least 1")
+    if not 0 <= cfg.lora.dropout < 1:
+        errors.append(f"lora.dropout={cfg.lora.dropout}: must be in [0, 1)")
+    if cfg.data.max_length < 8:
+        errors.append(f"data.max_length={cfg.data.max_length}: must be at least 8")
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        errors.append(f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
+    return errors
+
+
+def _unknown(key: str, valid, where: str) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}"
+
+
+def _assign(cfg: RunConfig, dotted: str, value: Any, errors: list[str], where: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in SECTIONS:
+        all_keys = [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
+        errors.append(_unknown(dotted, all_keys, where))
+        return
+    section = getattr(cfg, parts[0])
+    names = [f.name for f in dataclasses.fields(section)]
+    if parts[1] not in names:
+        errors.append(_unknown(dotted, [f"{parts[0]}.{n}" for n in names], where))
+        return
+    expected = get_type_hints(type(section))[parts[1]]
+    try:
+        setattr(section, parts[1], _coerce(value, expected))
+    except (TypeError, ValueError):
+        errors.append(f"{where}: {dotted}={value!r} is not {_type_name(expected)}")
+
+
+def _type_name(t) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(t, getattr(t, "__name__", str(t)))
+
+
+def _coerce(value: Any, expected):
+    """Accept YAML's natural types; refuse lossy ones (a float for an int, a string for a bool)."""
+    if get_origin(expected) is not None:  # e.g. list[str]
+        expected = get_origin(expected)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if expected is float:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", value.strip(), re.I):
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        if not isinstance(value, (int, float)):
+            raise TypeError
+        return float(value)
+    if expected is str:
+        if isinstance(value, list):  # target_modules: [q_proj, v_proj]
+            return ",".join(str(v) for v in value)
+        if isinstance(value, (dict, bool)) or value is None:
+            raise TypeError
+        return str(value)
+    return value

@@ -1,0 +1,1 @@
+"""Records, shards and tokenization: everything before the batch."""

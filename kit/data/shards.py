@@ -1,0 +1,122 @@
+"""Split a dataset into one shared eval split and N balanced shards; load one shard back.
+
+    python -m kit split data.jsonl --shards 6 --eval-fraction 0.02 --out shards/
+
+Layout of the output folder:
+
+    eval.jsonl  shard-00.jsonl ... shard-05.jsonl  manifest.json
+
+The eval split is held out first, so every shard and every merge candidate is
+scored on the same examples. The rest is shuffled with the seed and cut into
+contiguous runs whose sizes differ by at most one. The manifest records the
+counts and sha256 of every file; `load_shard` checks them, so a shard that was
+truncated by an interrupted upload is refused instead of trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from kit.data.records import iter_jsonl, read_jsonl
+from kit.files import write_text_atomic
+
+MANIFEST = "manifest.json"
+EVAL_FILE = "eval.jsonl"
+
+
+class ShardError(ValueError):
+    """A shard folder is missing, incomplete or asked for a shard it doesn't have."""
+
+
+def shard_file(index: int) -> str:
+    return f"shard-{index:02d}.jsonl"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_dataset(
+    input_path: str | Path, out_dir: str | Path, num_shards: int, eval_fraction: float = 0.02, seed: int = 0
+) -> dict:
+    """Write eval.jsonl, shard-II.jsonl and manifest.json into out_dir; return the manifest."""
+    if num_shards < 1:
+        raise ShardError(f"--shards {num_shards}: need at least 1 shard")
+    if not 0 <= eval_fraction < 1:
+        raise ShardError(f"--eval-fraction {eval_fraction}: must be in [0, 1)")
+    input_path = Path(input_path)
+    lines = [line for _, line, _ in iter_jsonl(input_path)]  # validates every record first
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(lines) * eval_fraction)
+    if eval_fraction > 0:
+        n_eval = max(1, n_eval)
+    n_train = len(lines) - n_eval
+    if n_train < num_shards:
+        raise ShardError(f"{input_path}: {n_train} training records can't fill {num_shards} shards")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = {EVAL_FILE: order[:n_eval]}
+    base, extra = divmod(n_train, num_shards)
+    start = n_eval
+    for i in range(num_shards):
+        size = base + (1 if i < extra else 0)
+        parts[shard_file(i)] = order[start : start + size]
+        start += size
+    files = {}
+    for name, indices in parts.items():
+        path = out_dir / name
+        write_text_atomic(path, "".join(lines[j] + "\n" for j in indices))
+        files[name] = {"count": len(indices), "sha256": sha256_file(path)}
+    manifest = {
+        "format": "kit-shards/1",
+        "source": input_path.name,
+        "source_sha256": sha256_file(input_path),
+        "records": len(lines),
+        "num_shards": num_shards,
+        "eval_fraction": eval_fraction,
+        "seed": seed,
+        "files": files,
+    }
+    # The manifest is written last: a folder without one is an unfinished split.
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{data_dir}: no {MANIFEST}; create the shards with `python -m kit split INPUT --out {data_dir}`")
+    return json.loads(path.read_text())
+
+
+def load_split(data_dir: str | Path, name: str) -> list[dict]:
+    """Records of one file of a split folder, checked against the manifest."""
+    manifest = read_manifest(data_dir)
+    entry = manifest["files"].get(name)
+    path = Path(data_dir) / name
+    if entry is None or not path.is_file():
+        raise ShardError(f"{path}: missing from the split; run `python -m kit split` again")
+    if sha256_file(path) != entry["sha256"]:
+        raise ShardError(f"{path}: checksum differs from {MANIFEST} (partial copy?); copy or split it again")
+    return read_jsonl(path)
+
+
+def load_shard(data_dir: str | Path, index: int) -> list[dict]:
+    manifest = read_manifest(data_dir)
+    n = manifest["num_shards"]
+    if not 0 <= index < n:
+        raise ShardError(f"shard index {index} is out of range: {data_dir} has shards 0..{n - 1}")
+    return load_split(data_dir, shard_file(index))
+
+
+def load_eval(data_dir: str | Path) -> list[dict]:
+    return load_split(data_dir, EVAL_FILE)
+

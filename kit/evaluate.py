@@ -1,0 +1,136 @@
+"""Score a model (base or base + adapter) on the shared eval split.
+
+    result = evaluate_model(model, tokenizer, eval_records, cfg.eval, max_length)
+    result["eval_loss"], result["json_valid_rate"], result["generations"]
+
+- eval loss: mean cross-entropy over the *trained* tokens only (assistant content
+  and its end-of-turn marker), token-weighted across the whole split, so it is the
+  same quantity the training loss measures.
+- JSON validity rate: the share of eval prompts whose greedy answer parses as a
+  JSON object or array (a ```json fence around it is allowed). A bare number or
+  string is not counted: the kit is for tasks whose answers are JSON documents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+
+from kit.collator import IGNORE_INDEX, SFTCollator
+from kit.data.records import to_messages
+from kit.data.tokenize import NoTrainableTokens, encode_conversation, encode_prompt
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+
+
+def parse_json_answer(text: str):
+    """The JSON object/array in an answer (optionally fenced), or None when there is none."""
+    text = text.strip()
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def json_valid_rate(answers: list[str]) -> float:
+    if not answers:
+        return 0.0
+    return sum(parse_json_answer(a) is not None for a in answers) / len(answers)
+
+
+@torch.no_grad()
+def eval_loss(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 8) -> float:
+    """Token-weighted masked cross-entropy over the conversations' assistant tokens."""
+    encoded = []
+    for messages in conversations:
+        try:
+            encoded.append(encode_conversation(tokenizer, messages, max_length=max_length))
+        except NoTrainableTokens:
+            continue  # the same examples the training set would drop
+    if not encoded:
+        raise ValueError("no eval example has an assistant token within data.max_length")
+    collate = SFTCollator(tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(encoded), batch_size):
+        batch = {k: v.to(device) for k, v in collate(encoded[i : i + batch_size]).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch, use_cache=False).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        total += loss.item()
+        count += int((shift_labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / count
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a turn: the tokenizer's eos and the model's generation eos (e.g. Llama-3's <|eot_id|>)."""
+    ids = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(value)
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8
+) -> list[str]:
+    """Greedy answers to each conversation's last assistant turn, batched with left padding."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = _stop_ids(model, tokenizer)
+    was_training = model.training
+    model.eval()
+    answers = []
+    prompts = [encode_prompt(tokenizer, messages) for messages in conversations]
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=pad_id,
+            eos_token_id=stop,
+        )
+        for row in out[:, width:]:
+            answers.append(tokenizer.decode(row, skip_special_tokens=True))
+    model.train(was_training)
+    return answers
+
+
+def evaluate_model(model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int) -> dict:
+    """eval_loss, json_valid_rate and the generations, on the eval split."""
+    conversations = [to_messages(r) for r in eval_records]
+    loss_set = conversations[: eval_cfg.max_samples] if eval_cfg.max_samples else conversations
+    gen_set = conversations[: eval_cfg.generate_samples]
+    answers = generate_answers(model, tokenizer, gen_set, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    return {
+        "eval_loss": eval_loss(model, tokenizer, loss_set, max_length, eval_cfg.batch_size),
+        "json_valid_rate": json_valid_rate(answers),
+        "eval_examples": len(loss_set),
+        "generated": len(answers),
+        "generations": answers,
+    }

@@ -1,0 +1,26 @@
+"""Small file writes that are never seen half-done: write to a temp name, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path, default=None):
+    path = Path(path)
+    if not path.is_file():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))

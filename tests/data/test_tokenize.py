@@ -1,0 +1,383 @@
+"""Tests for kit/data/tokenize.py: assistant-only labels for every chat template format, errors,
+truncation, the eval prompt and the tokenized-data cache.
+
+Each format is a template written for these tests (tests/fixtures/chat_templates/*.jinja) applied to a
+copy of the real SmolLM2 tokenizer with that format's markers added as special tokens. No network.
+
+    cd /work/main && .venv/bin/python -m pytest tests/data/test_tokenize.py
+"""
+
+import copy
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from kit.data.tokenize import (
+    IGNORE_INDEX,
+    ChatTemplateError,
+    NoTrainableTokens,
+    encode_conversation,
+    encode_prompt,
+    encode_records,
+)
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "fixtures" / "chat_templates"
+
+# format -> (fixture, special tokens to add, tokenizer attributes to set, end-of-turn marker, trims content,
+#            text the tokenizer merges into the first answer token from the template)
+FORMATS = {
+    "chatml": ("chatml", [], {}, "<|im_end|>", False, ""),
+    "qwen2_5": ("qwen2_5", [], {}, "<|im_end|>", False, ""),
+    "llama3": (
+        "llama3",
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        "<|eot_id|>",
+        True,
+        "",
+    ),
+    # Mistral writes "[/INST] answer": the BPE token " answer" carries the template's space.
+    "mistral": (
+        "mistral",
+        ["<s>", "</s>", "[INST]", "[/INST]"],
+        {"bos_token": "<s>", "eos_token": "</s>"},
+        "</s>",
+        True,
+        " ",
+    ),
+    "gemma": (
+        "gemma",
+        ["<bos>", "<start_of_turn>", "<end_of_turn>"],
+        {"bos_token": "<bos>"},
+        "<end_of_turn>",
+        True,
+        "",
+    ),
+    "phi3": ("phi3", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], {}, "<|end|>", False, ""),
+    "zephyr": (
+        "zephyr",
+        ["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"],
+        {"eos_token": "</s>"},
+        "</s>",
+        False,
+        "",
+    ),
+    "chatml_generation": ("chatml_generation", [], {}, "<|im_end|>", False, ""),
+}
+
+SYSTEM = {"role": "system", "content": "You answer in one short sentence."}
+CONVERSATIONS = {
+    "multi_turn_with_system": [
+        SYSTEM,
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome is the capital of Italy."},
+    ],
+    "multi_turn_without_system": [
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "Seven is prime."},
+        {"role": "user", "content": "Another one?"},
+        {"role": "assistant", "content": "Eleven."},
+    ],
+    "non_ascii": [
+        SYSTEM,
+        {"role": "user", "content": "Wie groß ist die Wohnung?"},
+        {"role": "assistant", "content": "Größe 120 m² 🏠"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def base_tokenizer(smollm2_dir):
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def format_tokenizer(base, name):
+    fixture, specials, attributes, *_ = FORMATS[name]
+    tokenizer = copy.deepcopy(base)  # never touch the shared tokenizer
+    tokenizer.add_tokens(specials, special_tokens=True)
+    for attribute, value in attributes.items():
+        setattr(tokenizer, attribute, value)
+    tokenizer.chat_template = (TEMPLATES / f"{fixture}.jinja").read_text()
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizers(base_tokenizer):
+    return {name: format_tokenizer(base_tokenizer, name) for name in FORMATS}
+
+
+def labelled_text(tokenizer, example):
+    assert len(example["labels"]) == len(example["input_ids"])
+    for token, label in zip(example["input_ids"], example["labels"]):
+        assert label in (IGNORE_INDEX, token), "a label must be its input token or IGNORE_INDEX"
+    return tokenizer.decode([label for label in example["labels"] if label != IGNORE_INDEX])
+
+
+def expected_labelled_text(name, messages):
+    *_, end, trims, lead = FORMATS[name]
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    return "".join(lead + (answer.strip() if trims else answer) + end for answer in answers)
+
+
+def turn_starts(example):
+    """Index of the first token of each labelled run."""
+    labels = example["labels"]
+    return [
+        i for i, label in enumerate(labels) if label != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)
+    ]
+
+
+# -- what is labelled -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CONVERSATIONS)
+@pytest.mark.parametrize("name", FORMATS)
+def test_labelled_tokens_decode_to_exactly_the_answers_and_their_end_markers(tokenizers, name, case):
+    tokenizer, messages = tokenizers[name], CONVERSATIONS[case]
+    example = encode_conversation(tokenizer, messages)
+    assert labelled_text(tokenizer, example) == expected_labelled_text(name, messages)
+
+
+WHITESPACE = [
+    {"role": "user", "content": "  Pad me.  "},
+    {"role": "assistant", "content": "  Padded answer.\n\n"},
+    {"role": "user", "content": "Again"},
+    {"role": "assistant", "content": "\tTabbed answer. "},
+]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_whitespace_around_an_answer_is_labelled_as_the_template_writes_it(tokenizers, name):
+    *_, end, trims, lead = FORMATS[name]
+    if trims:
+        expected = f"{lead}Padded answer.{end}{lead}Tabbed answer.{end}"
+    else:
+        # Kept, except the first of the two leading spaces: the tokenizer fuses it with the header's
+        # newline into one token ("\n "), which belongs to the generation prompt and is not trained.
+        expected = f" Padded answer.\n\n{end}\tTabbed answer. {end}"
+    example = encode_conversation(tokenizers[name], WHITESPACE)
+    assert labelled_text(tokenizers[name], example) == expected
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_newline_after_an_end_marker_and_the_next_header_are_not_labelled(tokenizers, name):
+    tokenizer = tokenizers[name]
+    example = encode_conversation(tokenizer, CONVERSATIONS["multi_turn_with_system"])
+    end_id = tokenizer.convert_tokens_to_ids(FORMATS[name][3])
+    ends = [i for i, label in enumerate(example["labels"]) if label == end_id]
+    assert len(ends) == 2
+    for i in ends:
+        assert i + 1 == len(example["labels"]) or example["labels"][i + 1] == IGNORE_INDEX
+
+
+def test_the_tokenizers_own_smollm2_template_labels_like_the_chatml_fixture(base_tokenizer, tokenizers):
+    messages = CONVERSATIONS["multi_turn_without_system"]
+    shipped = encode_conversation(base_tokenizer, messages)
+    assert shipped == encode_conversation(tokenizers["chatml"], messages)
+    assert labelled_text(base_tokenizer, shipped) == "Seven is prime.<|im_end|>Eleven.<|im_end|>"
+
+
+def test_an_answer_that_repeats_the_question_is_labelled_in_the_answer(tokenizers):
+    tokenizer = tokenizers["chatml"]
+    messages = [
+        {"role": "user", "content": "Reply with: OK"},
+        {"role": "assistant", "content": "OK"},
+    ]
+    example = encode_conversation(tokenizer, messages)
+    assert labelled_text(tokenizer, example) == "OK<|im_end|>"
+    assert turn_starts(example) == [len(encode_prompt(tokenizer, messages))]
+
+
+def test_mistral_labels_are_right_although_rendering_a_prefix_is_not_a_prefix_of_the_whole(tokenizers):
+    tokenizer = tokenizers["mistral"]
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "Say hi again"},
+        {"role": "assistant", "content": "hi again"},
+    ]
+    whole = tokenizer.apply_chat_template(messages, tokenize=False)
+    first_prompt = tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert not whole.startswith(first_prompt)  # the system prompt moved to the last user turn
+    example = encode_conversation(tokenizer, messages)
+    assert labelled_text(tokenizer, example) == " hi</s> hi again</s>"
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3", "mistral", "gemma"])
+def test_last_turn_only_labels_only_the_final_answer(tokenizers, name):
+    tokenizer, messages = tokenizers[name], CONVERSATIONS["multi_turn_with_system"]
+    example = encode_conversation(tokenizer, messages, last_turn_only=True)
+    assert labelled_text(tokenizer, example) == expected_labelled_text(name, messages[-1:])
+    assert example["input_ids"] == encode_conversation(tokenizer, messages)["input_ids"]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_eval_prompt_is_the_text_before_the_last_answer(tokenizers, name):
+    tokenizer, messages = tokenizers[name], CONVERSATIONS["multi_turn_with_system"]
+    example = encode_conversation(tokenizer, messages)
+    prompt = encode_prompt(tokenizer, messages)
+    before_last_answer = example["input_ids"][: turn_starts(example)[-1]]
+    # Same text; the ids may differ at the very end, where the prompt is tokenized on its own as it is
+    # at serving time (SmolLM2's pre-tokenizer splits "\n\nRome" as "\n" "\n" "Rome", but a final
+    # "\n\n" as one token).
+    assert tokenizer.decode(prompt) == tokenizer.decode(before_last_answer)
+    if name in ("chatml", "qwen2_5", "mistral", "phi3"):
+        assert prompt == before_last_answer
+
+
+def test_the_eval_prompt_ends_with_the_generation_prompt_and_drops_a_trailing_user_turn(tokenizers):
+    tokenizer = tokenizers["llama3"]
+    messages = CONVERSATIONS["multi_turn_with_system"][:3]
+    prompt_text = tokenizer.decode(encode_prompt(tokenizer, messages))
+    assert prompt_text.endswith("France?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    unanswered = tokenizer.decode(encode_prompt(tokenizer, messages[:2]))
+    assert unanswered == prompt_text  # no assistant message: the whole conversation is the prompt
+
+
+# -- {% generation %} blocks --------------------------------------------------------------------------
+
+
+def test_generation_blocks_mark_the_same_tokens_as_the_located_answers(tokenizers):
+    tokenizer, messages = tokenizers["chatml_generation"], CONVERSATIONS["non_ascii"]
+    example = encode_conversation(tokenizer, messages)
+    marked = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    assert marked["input_ids"] == example["input_ids"]
+    assert list(marked["assistant_masks"]) == [int(label != IGNORE_INDEX) for label in example["labels"]]
+
+
+def test_generation_blocks_that_also_wrap_the_role_header_are_refused(base_tokenizer):
+    tokenizer = copy.deepcopy(base_tokenizer)
+    tokenizer.chat_template = (TEMPLATES / "chatml_generation_wraps_header.jinja").read_text()
+    with pytest.raises(ChatTemplateError, match="generation"):
+        encode_conversation(tokenizer, CONVERSATIONS["multi_turn_without_system"])
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+
+
+def test_a_tokenizer_without_a_chat_template_raises_chat_template_error(base_tokenizer):
+    tokenizer = copy.deepcopy(base_tokenizer)
+    tokenizer.chat_template = None
+    with pytest.raises(ChatTemplateError, match="no chat template.*chat_template"):
+        encode_conversation(tokenizer, CONVERSATIONS["multi_turn_without_system"])
+    with pytest.raises(ChatTemplateError):
+        encode_prompt(tokenizer, CONVERSATIONS["multi_turn_without_system"])
+
+
+def test_a_template_that_rewrites_the_answer_raises_chat_template_error(base_tokenizer):
+    tokenizer = copy.deepcopy(base_tokenizer)
+    tokenizer.chat_template = (TEMPLATES / "rewrites_assistant.jinja").read_text()
+    with pytest.raises(ChatTemplateError, match="Fix:"):
+        encode_conversation(tokenizer, CONVERSATIONS["multi_turn_without_system"])
+
+
+def test_a_conversation_the_template_refuses_raises_chat_template_error(tokenizers):
+    messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]
+    with pytest.raises(ChatTemplateError, match="alternate"):
+        encode_conversation(tokenizers["gemma"], messages)
+
+
+def test_a_conversation_without_an_assistant_raises_no_trainable_tokens_no_assistant(tokenizers):
+    with pytest.raises(NoTrainableTokens) as raised:
+        encode_conversation(tokenizers["chatml"], [SYSTEM, {"role": "user", "content": "Hello?"}])
+    assert raised.value.reason == "no_assistant"
+
+
+# -- truncation ----------------------------------------------------------------------------------------
+
+
+def test_truncation_keeps_the_start_and_labels_what_survives_of_the_answer(tokenizers):
+    tokenizer, messages = tokenizers["chatml"], CONVERSATIONS["non_ascii"]
+    full = encode_conversation(tokenizer, messages)
+    answer_start = turn_starts(full)[0]
+    cut = encode_conversation(tokenizer, messages, max_length=answer_start + 2)
+    assert cut["input_ids"] == full["input_ids"][: answer_start + 2]
+    assert cut["labels"] == full["labels"][: answer_start + 2]
+    kept_part = labelled_text(tokenizer, cut)
+    assert kept_part == tokenizer.decode(full["input_ids"][answer_start : answer_start + 2])
+    assert kept_part and "Größe 120 m² 🏠".startswith(kept_part)
+
+
+def test_truncation_that_cuts_every_answer_raises_no_trainable_tokens_truncated(tokenizers):
+    tokenizer, messages = tokenizers["llama3"], CONVERSATIONS["multi_turn_with_system"]
+    first_answer = turn_starts(encode_conversation(tokenizer, messages))[0]
+    with pytest.raises(NoTrainableTokens) as raised:
+        encode_conversation(tokenizer, messages, max_length=first_answer)
+    assert raised.value.reason == "truncated"
+    # With last_turn_only, surviving earlier answers do not count: only the last one is trained.
+    last_answer = turn_starts(encode_conversation(tokenizer, messages))[-1]
+    with pytest.raises(NoTrainableTokens):
+        encode_conversation(tokenizer, messages, max_length=last_answer, last_turn_only=True)
+
+
+# -- many records, cached ------------------------------------------------------------------------------
+
+
+class CountingTokenizer:
+    """Forwards to a tokenizer and counts every tokenization and template rendering."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._tokenizer(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.calls += 1
+        return self._tokenizer.apply_chat_template(*args, **kwargs)
+
+
+def shard():
+    long_question = {"role": "user", "content": "Tell me everything about Paris. " * 20}
+    return [
+        CONVERSATIONS["multi_turn_with_system"],
+        CONVERSATIONS["non_ascii"],
+        [SYSTEM, {"role": "user", "content": "No answer here."}],
+        [long_question, {"role": "assistant", "content": "Paris is big."}],
+    ]
+
+
+def test_encode_records_drops_and_counts_conversations_with_nothing_to_train(tokenizers):
+    tokenizer = tokenizers["chatml"]
+    dataset, stats = encode_records(tokenizer, shard(), max_length=100)
+    assert stats == {"kept": 2, "dropped_truncated": 1, "dropped_no_assistant": 1, "cache_hit": False}
+    assert dataset.column_names == ["input_ids", "labels", "length"]
+    assert dataset[1]["input_ids"] == encode_conversation(tokenizer, CONVERSATIONS["non_ascii"])["input_ids"]
+    for row in dataset:
+        assert row["length"] == len(row["input_ids"]) == len(row["labels"]) <= 100
+        assert any(label != IGNORE_INDEX for label in row["labels"])
+
+
+def test_encode_records_second_call_loads_the_cache_without_tokenizing(tokenizers, tmp_path):
+    counting = CountingTokenizer(tokenizers["chatml"])
+    first, first_stats = encode_records(counting, shard(), max_length=100, cache_dir=tmp_path)
+    assert counting.calls > 0 and first_stats["cache_hit"] is False
+
+    counting.calls = 0
+    second, second_stats = encode_records(counting, shard(), max_length=100, cache_dir=tmp_path)
+    assert counting.calls == 0
+    assert second_stats == {**first_stats, "cache_hit": True}
+    assert second.to_dict() == first.to_dict()
+
+
+def test_the_cache_is_missed_when_max_length_last_turn_only_template_or_data_change(tokenizers, base_tokenizer, tmp_path):
+    tokenizer = tokenizers["chatml"]
+    encode_records(tokenizer, shard(), max_length=100, cache_dir=tmp_path)
+    other_template = format_tokenizer(base_tokenizer, "qwen2_5")
+    for tokenizer_, data, max_length, last_turn_only in [
+        (tokenizer, shard(), 200, False),
+        (tokenizer, shard(), 100, True),
+        (other_template, shard(), 100, False),
+        (tokenizer, shard()[:3], 100, False),
+    ]:
+        _, stats = encode_records(tokenizer_, data, max_length, last_turn_only, cache_dir=tmp_path)
+        assert stats["cache_hit"] is False

@@ -1,0 +1,72 @@
+"""Presets and overrides: every shipped preset validates; bad keys and values are named.
+
+    .venv/bin/python -m pytest tests/test_config.py -q    # no network, no model
+"""
+
+import pytest
+
+from kit.config import ConfigError, available_presets, expand_path, load_config, parse_overrides
+
+
+@pytest.mark.parametrize("preset", available_presets())
+def test_every_shipped_preset_validates(preset):
+    cfg = load_config(preset)
+    assert cfg.train.max_steps >= 1 and cfg.lora.r >= 1
+
+
+def test_the_presets_the_pipeline_needs_are_shipped():
+    assert {"cpu-tiny", "cpu-demo", "colab-t4"} <= set(available_presets())
+
+
+def test_every_preset_opens_with_the_command_that_runs_it():
+    from kit.config import presets_dir
+
+    for path in presets_dir().glob("*.yaml"):
+        head = path.read_text().splitlines()[:6]
+        assert any("python -m kit" in line or "papermill" in line for line in head), path.name
+
+
+def test_overrides_replace_preset_values_with_their_types():
+    cfg = load_config("cpu-tiny", ["train.lr=1e-4", "lora.r=4", "train.bf16=false", "lora.target_modules=[q_proj, v_proj]"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.lora.r == 4
+    assert cfg.lora.target_modules == "q_proj,v_proj"
+
+
+def test_an_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu-tiny", ["train.max_step=3"])
+    assert "'train.max_step'" in str(err.value) and "did you mean 'train.max_steps'" in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu-tiny", ["lora.r=2.5", "bogus.key=1", "train.save_steps=0"])
+    message = str(err.value)
+    assert "lora.r=2.5 is not an integer" in message
+    assert "'bogus.key'" in message
+    assert "train.save_steps=0: must be at least 1" in message
+
+
+def test_an_unknown_key_inside_a_preset_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_steps: 3\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'train.learning_rate'"):
+        load_config(str(bad))
+
+
+def test_an_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="cpu-tiny"):
+        load_config("no-such-preset")
+
+
+def test_notebook_overrides_split_on_semicolons_and_newlines():
+    assert parse_overrides("train.lr=1e-4; lora.r=8\ntrain.seed=3") == ["train.lr=1e-4", "lora.r=8", "train.seed=3"]
+    assert parse_overrides("") == []
+
+
+def test_kit_cache_expands_to_its_default_or_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("KIT_CACHE", raising=False)
+    assert expand_path("${KIT_CACHE}/models").endswith(".cache/kit/models")
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path))
+    assert expand_path("${KIT_CACHE}/models") == f"{tmp_path}/models"

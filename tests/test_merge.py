@@ -1,0 +1,117 @@
+"""The exact average: the merged adapter's update is the mean of the sources' updates.
+
+    .venv/bin/python -m pytest tests/test_merge.py -q    # seconds, no network
+
+LoRA starts with B = 0, so an adapter fresh from init has no update and any
+merge would "pass"; these adapters start away from zero (init_lora_weights=False).
+"""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from kit.merge import MergeError, merge_adapters
+
+
+def make_adapter(base_dir, out, r, alpha, seed, use_rslora=False, targets=("q_proj", "v_proj", "down_proj")):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, use_rslora=use_rslora)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def deltas(base_dir, adapter_dir) -> dict[str, torch.Tensor]:
+    """module name -> dW as PEFT itself computes it (scaling included)."""
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
+            out[name] = module.get_delta_weight("default").detach().float()
+    return out
+
+
+@pytest.fixture
+def two_adapters(tiny_model_dir, tmp_path):
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, alpha=8, seed=1)
+    b = make_adapter(tiny_model_dir, tmp_path / "b", r=8, alpha=4, seed=2)
+    return a, b
+
+
+def test_the_average_update_is_the_mean_of_the_updates(tiny_model_dir, two_adapters, tmp_path):
+    a, b = two_adapters
+    report = merge_adapters([a, b], tmp_path / "merged")
+    da, db, dm = (deltas(tiny_model_dir, p) for p in (a, b, tmp_path / "merged"))
+    assert dm.keys() == da.keys() and len(dm) == 6
+    for name in dm:
+        expected = (da[name] + db[name]) / 2
+        assert expected.abs().max() > 1e-3  # a real update, not zeros
+        assert (dm[name] - expected).abs().max() <= 1e-6, name
+    assert report["rank"] == 12 and report["weights"] == [0.5, 0.5]
+
+
+def test_averaging_the_factors_separately_would_fail_this_check(tiny_model_dir, tmp_path):
+    """The exactness check can fail: PEFT-style `linear` factor averaging is measurably off."""
+    from safetensors.torch import load_file
+
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, alpha=8, seed=1)
+    c = make_adapter(tiny_model_dir, tmp_path / "c", r=4, alpha=8, seed=3)
+    wa, wc = (load_file(str(p / "adapter_model.safetensors")) for p in (a, c))
+    key_a = next(k for k in wa if "lora_A" in k)
+    key_b = key_a.replace("lora_A", "lora_B")
+    exact = (wa[key_b] @ wa[key_a] + wc[key_b] @ wc[key_a]) / 2
+    factor_average = ((wa[key_b] + wc[key_b]) / 2) @ ((wa[key_a] + wc[key_a]) / 2)
+    assert (factor_average - exact).abs().max() > 1e-3
+
+
+def test_the_merged_model_equals_the_base_plus_the_mean_update_applied_by_hand(tiny_model_dir, two_adapters, tmp_path):
+    a, b = two_adapters
+    merge_adapters([a, b], tmp_path / "merged")
+    da, db = deltas(tiny_model_dir, a), deltas(tiny_model_dir, b)
+    ids = torch.tensor([[1, 50, 300, 4000, 20, 7]])
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "merged").eval()
+    by_hand = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for name, module in by_hand.named_modules():
+            key = f"base_model.model.{name}"
+            if key in da:
+                module.weight += (da[key] + db[key]) / 2
+        assert torch.allclose(merged(ids).logits, by_hand(ids).logits, atol=1e-5)
+
+
+def test_one_adapter_with_weight_one_is_unchanged(tiny_model_dir, two_adapters, tmp_path):
+    a, _ = two_adapters
+    merge_adapters([a], tmp_path / "merged")
+    da, dm = deltas(tiny_model_dir, a), deltas(tiny_model_dir, tmp_path / "merged")
+    assert max((da[k] - dm[k]).abs().max().item() for k in da) <= 1e-6
+
+
+def test_weights_are_normalised_and_rslora_scaling_is_respected(tiny_model_dir, tmp_path):
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, alpha=8, seed=1, use_rslora=True)
+    b = make_adapter(tiny_model_dir, tmp_path / "b", r=4, alpha=8, seed=2)
+    merge_adapters([a, b], tmp_path / "merged", weights=[3, 1])
+    da, db, dm = (deltas(tiny_model_dir, p) for p in (a, b, tmp_path / "merged"))
+    for name in dm:
+        assert (dm[name] - (0.75 * da[name] + 0.25 * db[name])).abs().max() <= 1e-6
+
+
+def test_incompatible_adapters_are_refused_with_every_reason(tiny_model_dir, tmp_path):
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, alpha=8, seed=1)
+    b = make_adapter(tiny_model_dir, tmp_path / "b", r=4, alpha=8, seed=2, targets=("q_proj",))
+    config = json.loads((b / "adapter_config.json").read_text())
+    config.update(use_dora=True, base_model_name_or_path="some/other-model")
+    (b / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(MergeError) as err:
+        merge_adapters([a, b], tmp_path / "merged")
+    message = str(err.value)
+    assert "DoRA" in message and "base_model_name_or_path" in message and "target_modules" in message
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_source_without_an_adapter_says_what_to_pass(tmp_path):
+    with pytest.raises(MergeError, match="no adapter_config.json"):
+        merge_adapters([tmp_path], tmp_path / "merged")
