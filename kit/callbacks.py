@@ -4,7 +4,8 @@
 doing without opening its notebook:
 
     {"shard": 0, "state": "running", "step": 40, "max_steps": 100, "loss": 1.23,
-     "tokens_per_s": 812.5, "eta_s": 310, "updated_at": "2026-11-21T12:00:00+00:00"}
+     "tokens_per_s": 812.5, "eta_s": 310, "updated_at": "2026-11-21T12:00:00+00:00",
+     "loss_history": [[10, 2.1], [20, 1.6], ...]}
 
 `state` is one of running, done, stopped_for_time, failed.
 """
@@ -19,6 +20,7 @@ from transformers import TrainerCallback
 
 from kit.checkpoints import mark_complete
 from kit.files import read_json, write_json_atomic
+from kit.progress import loss_history
 
 STATES = ("running", "done", "stopped_for_time", "failed")
 
@@ -88,6 +90,8 @@ class StatusCallback(TrainerCallback):
         }
         if logs and "loss" in logs:
             fields["loss"] = round(float(logs["loss"]), 6)
+            # From log_history, which a resume restores: the curve in `kit status` survives a restart.
+            fields["loss_history"] = loss_history(state.log_history)
         if steps_done > 0:
             fields["eta_s"] = round(elapsed / steps_done * (state.max_steps - state.global_step), 1)
         self.status.update(**fields)

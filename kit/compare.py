@@ -1,63 +1,325 @@
-"""Score the base model and several adapters side by side on the shared eval split.
+"""Choose what to merge, score every candidate side by side, and write the merge with its report and card.
 
-    table = compare_adapters(cfg, "shards/", {"shard-00": "runs/x/shard-00/adapter", "merged": "merged/"})
-    print(format_table(table))
+    evaluator = AdapterEvaluator(eval_config("cpu-tiny", [], sources), "shards/", schema=load_schema("s.json"))
+    report = merge_and_compare(sources, "merged/", strategy="greedy", evaluator=evaluator)
+    print(format_table(report["results"]))
+    python -m kit merge runs/x/shard-00 runs/x/shard-01 --strategy best --eval-data shards/ --out merged/
 
-The base model is loaded once; each adapter is attached with PEFT's adapter API
-(`load_adapter` / `set_adapter`) and the base row is scored with the adapters
-disabled, so every row sees the same weights, prompts and decoding.
+Strategies (the math of each merge is kit/merge.py's):
+- average / weighted: one candidate, the (weighted) average of all sources.
+- best: no merge; the one source picked by BEST_RULE.
+- greedy (model soups, Wortsman et al. 2022): GREEDY_RULE.
+
+With an evaluator, the base model, every source and every merge candidate are
+scored on the same eval split (eval loss, JSON validity rate, schema validity
+rate with a schema); the table goes to DEST/merge_report.json and the model card.
+An evaluator is any `f(label, adapter_dir | None) -> {"eval_loss": ..., ...}`
+(None = the base model), so tests inject scores without loading a model.
+
+Tests: `.venv/bin/python -m pytest -q tests/test_compare.py` (seconds, no network).
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
-from kit.config import RunConfig
-from kit.data.shards import load_eval
-from kit.evaluate import evaluate_model
-from kit.files import write_json_atomic
-from kit.model import load_base_model, load_tokenizer
+from kit.files import write_json_atomic, write_text_atomic
+from kit.merge import Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
 
+STRATEGIES = ("average", "weighted", "best", "greedy")
 METRICS = ("eval_loss", "json_valid_rate")
+DEFAULT_TOLERANCE = 0.01
+BEST_RULE = ("lowest eval loss; sources within {tolerance} nats of the lowest are near-ties, broken by the "
+             "higher JSON validity rate (then schema validity rate, then the lower loss)")
+GREEDY_RULE = ("sources sorted by eval loss, lowest first; each next source joins the uniform average only if "
+               "the average's eval loss drops")
+
+Evaluator = Callable[[str, "Path | None"], dict]
 
 
-def compare_adapters(
-    cfg: RunConfig, eval_data: str | Path, adapters: dict[str, str | Path], report_dir: str | Path | None = None
-) -> dict[str, dict]:
-    """{"base": {...}, name: {...}, ...}: eval_loss, json_valid_rate, generations for each."""
-    from peft import PeftModel
+# ---- scoring ----
 
-    eval_records = load_eval(eval_data)
-    tokenizer = load_tokenizer(cfg)
-    base = load_base_model(cfg)
-    names = list(adapters)
-    model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
-    for name in names[1:]:
-        model.load_adapter(str(adapters[name]), adapter_name=name)
 
-    def score(label: str) -> dict:
-        print(f"evaluating {label} on {len(eval_records)} eval examples", flush=True)
-        return evaluate_model(model, tokenizer, eval_records, cfg.eval, cfg.data.max_length)
+def load_schema(path: str | Path) -> dict:
+    """A JSON Schema file, checked against its own draft so a typo fails before any evaluation."""
+    import jsonschema
 
-    table = {}
-    with model.disable_adapter():
-        table["base"] = score("base")
-    for name in names:
-        model.set_adapter(name)
-        table[name] = score(name)
-    if report_dir is not None:
-        write_json_atomic(Path(report_dir) / "merge_report.json", {"eval_data": str(eval_data), "results": table})
-    return table
+    try:
+        schema = json.loads(Path(path).read_text())
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except (OSError, json.JSONDecodeError, jsonschema.SchemaError) as e:
+        raise MergeError(f"--schema {path}: not a readable JSON Schema ({str(e).splitlines()[0]})") from e
+    return schema
+
+
+def eval_config(preset: str | None, overrides: list[str], sources: list):
+    """The run config scoring uses: the preset's, or (no preset) defaults on the adapters' own base model."""
+    import yaml
+
+    from kit.config import load_config
+
+    base = json.loads((resolve_adapter_dir(sources[0]) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if preset:
+        cfg = load_config(preset, overrides)
+        if base and cfg.resolved_model_path() != base:
+            # Paths differ between machines (a Colab cache vs a local folder), so this is a warning, not an error.
+            print(f"warning: scoring on {cfg.resolved_model_path()} but the adapters were trained on {base}", file=sys.stderr)
+        return cfg
+    # No preset: the defaults, on the adapters' base, with the overrides checked like any preset's.
+    with tempfile.TemporaryDirectory(prefix="kit-eval-") as tmp:
+        preset_file = Path(tmp) / "adapters-base.yaml"
+        preset_file.write_text(yaml.safe_dump({"model": {"name_or_path": base}}))
+        cfg = load_config(str(preset_file), overrides)
+    cfg.preset = "(the adapters' base model)"
+    return cfg
+
+
+class AdapterEvaluator:
+    """Scores the base and any adapter on one eval split: the base is loaded once, adapters attach via PEFT."""
+
+    def __init__(self, cfg, eval_data: str | Path, schema: dict | None = None):
+        from kit.data.records import read_jsonl
+        from kit.data.shards import load_eval
+
+        self.cfg, self.schema, self.eval_data = cfg, schema, str(eval_data)
+        # A split folder (checked against its manifest) or a bare eval JSONL file.
+        self.records = read_jsonl(eval_data) if Path(eval_data).is_file() else load_eval(eval_data)
+        self.model = self.tokenizer = None
+        self.loaded = 0
+
+    def __call__(self, label: str, adapter_dir: Path | None) -> dict:
+        from kit.evaluate import evaluate_model
+        from kit.model import load_base_model, load_tokenizer
+
+        if self.model is None:
+            self.tokenizer, self.model = load_tokenizer(self.cfg), load_base_model(self.cfg)
+        score = lambda: evaluate_model(self.model, self.tokenizer, self.records, self.cfg.eval,  # noqa: E731
+                                       self.cfg.data.max_length, self.schema)
+        if adapter_dir is None:
+            if self.loaded == 0:
+                return score()
+            with self.model.disable_adapter():
+                return score()
+        # PEFT adapter names can't hold dots or slashes, so labels stay out of them.
+        name = f"candidate{self.loaded}"
+        if self.loaded == 0:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+        else:
+            self.model.load_adapter(str(adapter_dir), adapter_name=name)
+        self.loaded += 1
+        self.model.set_adapter(name)
+        return score()
+
+
+def pick_best(rows: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """BEST_RULE over `rows` (label -> scores)."""
+    lowest = min(r["eval_loss"] for r in rows.values())
+    near = [name for name, r in rows.items() if r["eval_loss"] <= lowest + tolerance]
+    return max(near, key=lambda n: (rows[n].get("json_valid_rate", 0.0), rows[n].get("schema_valid_rate", 0.0),
+                                    -rows[n]["eval_loss"]))
+
+
+# ---- the strategies ----
+
+
+def merge_and_compare(
+    sources: list,
+    out: str | Path,
+    strategy: str = "average",
+    weights: list[float] | None = None,
+    method: str = "exact",
+    rank: int | None = None,
+    evaluator: Evaluator | None = None,
+    base_model: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    eval_data: str | None = None,
+    schema: str | None = None,
+) -> dict:
+    """Pick and merge by `strategy`, score everything, write DEST (+ merge_report.json, README.md)."""
+    if strategy not in STRATEGIES:
+        raise MergeError(f"--strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if strategy in ("best", "greedy") and evaluator is None:
+        raise MergeError(f"--strategy {strategy} picks by eval scores: pass --eval-data (the split folder with eval.jsonl)")
+    if weights is not None and strategy != "weighted":
+        raise MergeError(f"--weights applies to --strategy weighted, not {strategy}")
+    adapters = load_adapters(sources)
+    notes = check_compatible(adapters, method)  # every refusal before anything is scored or written
+    if strategy == "weighted" and weights is None:
+        weights = sample_count_weights(adapters)
+    by_name = {a.name: a for a in adapters}
+    candidate_method = "exact" if method == "full" else method  # `full` has the exact adapter's logits (tested)
+
+    results: dict[str, dict] = {}
+    steps: list[dict] = []
+    total = 1 + len(adapters) + {"average": 1, "weighted": 1, "best": 0, "greedy": len(adapters) - 1}[strategy]
+    with tempfile.TemporaryDirectory(prefix="kit-merge-") as staging:
+        progress = _progress(total if evaluator else 0)
+
+        def score(label: str, path: Path | None) -> dict:
+            progress.set_postfix_str(label)
+            results[label] = evaluator(label, path)
+            progress.update(1)
+            return results[label]
+
+        def candidate(label: str, members: list[Adapter], member_weights) -> dict:
+            folder = Path(staging) / f"c{len(steps)}-{len(results)}"
+            merge_adapters(members, folder, member_weights, candidate_method, rank)
+            return score(label, folder)
+
+        if evaluator:
+            score("base", None)
+            for a in adapters:
+                score(a.name, a.path)
+        if strategy in ("average", "weighted"):
+            chosen, final, final_weights = "merged", adapters, weights
+            if evaluator:
+                candidate("merged", adapters, weights)
+        elif strategy == "best":
+            chosen = pick_best({a.name: results[a.name] for a in adapters}, tolerance)
+            final, final_weights = [by_name[chosen]], None
+        else:
+            order = sorted(adapters, key=lambda a: results[a.name]["eval_loss"])
+            soup, current = [order[0]], results[order[0].name]["eval_loss"]
+            chosen = order[0].name
+            for nxt in order[1:]:
+                label = "soup(" + "+".join(a.name for a in soup + [nxt]) + ")"
+                loss = candidate(label, soup + [nxt], None)["eval_loss"]
+                kept = loss < current
+                steps.append({"candidate": label, "eval_loss": loss, "previous": current, "kept": kept})
+                if kept:
+                    soup, current, chosen = soup + [nxt], loss, label
+            final, final_weights = soup, None
+        progress.close()
+
+    record = merge_adapters(final, out, final_weights, method, rank, base_model)
+    record["strategy"] = strategy
+    report = {
+        "strategy": strategy,
+        "rule": {"best": BEST_RULE.format(tolerance=tolerance), "greedy": GREEDY_RULE}.get(strategy),
+        "method": method,
+        "chosen": chosen,
+        "merge": record,
+        "sources": [_describe(a) for a in adapters],
+        "compatibility_notes": notes,
+        "eval_data": eval_data,
+        "schema": schema,
+        "evaluated_as": "the exact adapter (same logits as the full model)" if method == "full" else method,
+        "greedy_steps": steps,
+        "results": results,
+    }
+    out = Path(out)
+    write_json_atomic(out / "merge_report.json", report)
+    write_text_atomic(out / "README.md", merge_card(report))
+    return report
+
+
+def _describe(a: Adapter) -> dict:
+    return {"name": a.name, "path": str(a.path), "r": a.rank, "lora_alpha": a.config.get("lora_alpha"),
+            "use_rslora": bool(a.config.get("use_rslora")), "train_examples": a.info.get("train_examples")}
+
+
+def _progress(total: int):
+    """A tqdm bar over the evaluations (a silent one when nothing is scored)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluating", unit="model", disable=total == 0)
+
+
+# ---- showing it ----
 
 
 def format_table(table: dict[str, dict], extra: tuple[str, ...] = ()) -> str:
-    columns = METRICS + tuple(extra)
+    """Fixed-width text: one row per model, eval loss and validity rates (schema column when scored)."""
+    if not table:
+        return "(nothing evaluated: pass --eval-data)"
+    schema = ("schema_valid_rate",) if any("schema_valid_rate" in r for r in table.values()) else ()
+    columns = METRICS + schema + tuple(extra)
     width = max(len(n) for n in table) + 2
     lines = ["model".ljust(width) + "".join(c.rjust(18) for c in columns)]
     for name, row in table.items():
-        cells = []
-        for c in columns:
-            value = row.get(c)
-            cells.append(("—" if value is None else f"{value:.4f}").rjust(18))
+        cells = [("—" if row.get(c) is None else f"{row[c]:.4f}").rjust(18) for c in columns]
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
+
+
+def _markdown_results(table: dict[str, dict]) -> str:
+    columns = [c for c in ("eval_loss", "json_valid_rate", "schema_valid_rate") if any(c in r for r in table.values())]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join("—" if row.get(c) is None else f"{row[c]:.4f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def merge_card(report: dict) -> str:
+    """The README.md of DEST: sources, strategy, weights, method, error and the evaluation table."""
+    from kit.model_card import render_model_card
+
+    record = report["merge"]
+    base = record.get("base_model") or ""
+    # A local folder is no Hub id: the Hub's metadata validator would reject it as base_model.
+    hub_base = base if base and not base.startswith(("/", ".", "~")) and not Path(base).exists() else None
+    weights = dict(zip(record["names"], record["weights"]))
+    rows = ["| source | path | r | alpha | rsLoRA | weight |", "|---|---|---|---|---|---|"]
+    for s in report["sources"]:
+        w = weights.get(s["name"])
+        rows.append(f"| {s['name']} | `{s['path']}` | {s['r']} | {s['lora_alpha']} | {s['use_rslora']} | "
+                    + ("not used" if w is None else f"{w:.4f}") + " |")
+    made = [f"Strategy **{report['strategy']}**" + (f": {report['rule']}." if report["rule"] else "."),
+            f"Chosen: **{report['chosen']}**.", "", "\n".join(rows)]
+    if report["greedy_steps"]:
+        made += ["", "Greedy steps:"] + [
+            f"- {s['candidate']}: eval loss {s['eval_loss']:.4f} vs {s['previous']:.4f} -> {'kept' if s['kept'] else 'rejected'}"
+            for s in report["greedy_steps"]]
+    method = [f"Method **{record['method']}**"
+              + {"exact": ": factors concatenated, the update is exactly the weighted average (rank = sum of ranks).",
+                 "full": ": the exact average added to the base weights in fp32; a full model, not an adapter.",
+                 "svd": f": the exact average truncated to rank {record['rank']} per module by SVD.",
+                 "linear": ": PEFT-style factor averaging. A BASELINE ONLY: it is not the average of the updates."
+                 }[record["method"]],
+              f"Relative Frobenius error ||dW - dW*|| / ||dW*|| against the exact average: overall "
+              f"{record['relative_error']:.3g}, worst module {record['max_module_error']:.3g}."]
+    if "retained_energy" in record:
+        method.append(f"Retained energy: mean {record['retained_energy']['mean']:.4f}, min {record['retained_energy']['min']:.4f}.")
+    method += [f"- {n}" for n in report["compatibility_notes"]]
+    sections = [("How it was made", "\n".join(made)), ("Merge method and error", "\n".join(method))]
+    if report["results"]:
+        sections.append(("Evaluation", f"On `{report['eval_data']}`" + (f", schema `{report['schema']}`" if report["schema"] else "")
+                         + f"; merge candidates evaluated as {report['evaluated_as']}.\n\n" + _markdown_results(report["results"])))
+    if record["method"] != "full":
+        sections.append(("How to load", "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+                         f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), 'PATH_OR_REPO')\n```"))
+    return render_model_card(
+        {"base_model": hub_base, "library_name": "transformers" if record["method"] == "full" else "peft",
+         "tags": ["kit", "lora", "merge", report["strategy"]]},
+        title=f"kit merged {'model' if record['method'] == 'full' else 'adapter'} ({report['strategy']}, {record['method']})",
+        sections=sections,
+    )
+
+
+def plot_comparison(table: dict[str, dict], path: str | Path) -> Path | None:
+    """Bar charts of eval loss and validity rates, saved as a PNG; None when matplotlib isn't installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless (papermill, CI); notebooks still display the saved PNG
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    columns = [c for c in ("eval_loss", "json_valid_rate", "schema_valid_rate") if any(c in r for r in table.values())]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.5 * len(table) + 1.5), squeeze=False)
+    names = list(table)
+    for ax, column in zip(axes[0], columns):
+        ax.barh(names, [table[n].get(column) or 0.0 for n in names])
+        ax.set_title(column)
+        ax.invert_yaxis()  # the first row (base) on top, as in the printed table
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -42,6 +42,8 @@ class ModelConfig:
     """sdpa | eager | flash_attention_2."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% slower."""
+    quantize: str = ""
+    """auto | nf4 | none: auto picks nf4 (QLoRA) on CUDA with bitsandbytes (kit/platform.py); "" = load_in_4bit decides."""
 
 
 @dataclass
@@ -65,6 +67,11 @@ class DataConfig:
     """Tokens per example; longer examples are cut at the end (dropped if no answer token is left)."""
     last_turn_only: bool = False
     """Train only on the last assistant message of each conversation."""
+    padding_free: bool = False
+    """Pack each micro-batch into one row with no padding (examples still can't see each other);
+    batches then hold up to train.max_tokens_per_batch tokens instead of micro_batch_size examples."""
+    group_by_length: bool = False
+    """Padded mode: batch examples of similar length together, so little padding is computed."""
 
 
 @dataclass
@@ -75,6 +82,8 @@ class TrainConfig:
     """A checkpoint every this many steps: the most a crash or a disconnect can lose."""
     micro_batch_size: int = 8
     """Examples per forward pass; lower it first when memory is short."""
+    max_tokens_per_batch: int = 0
+    """With data.padding_free: tokens per forward pass; 0 = micro_batch_size * data.max_length."""
     grad_accum: int = 1
     """Micro-batches per optimizer step: global batch = micro_batch_size * grad_accum * GPUs."""
     lr: float = 2e-4
@@ -87,6 +96,10 @@ class TrainConfig:
     """adamw_torch | paged_adamw_8bit (bitsandbytes, GPU) | ..."""
     fp16: bool = False
     bf16: bool = False
+    precision: str = ""
+    """auto | fp32 | fp16 | bf16: sets model.dtype, fp16 and bf16 together; auto asks the GPU (kit/platform.py); "" = those keys as written."""
+    session_hours: float = 0.0
+    """Session time limit: stop cleanly (checkpoint saved, state stopped_for_time) before it; 0 = none (kit/budget.py)."""
     logging_steps: int = 1
     save_total_limit: int = 2
     """Local checkpoints kept; older ones are deleted after a newer one is complete."""
@@ -114,6 +127,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def tokens_per_batch(self) -> int:
+        """The packed micro-batch's token budget (data.padding_free)."""
+        return self.train.max_tokens_per_batch or self.train.micro_batch_size * self.data.max_length
 
     def resolved_model_path(self) -> str:
         return expand_path(self.model.name_or_path)
@@ -207,6 +224,19 @@ def validate(cfg: RunConfig) -> list[str]:
         errors.append(f"lora.dropout={cfg.lora.dropout}: must be in [0, 1)")
     if cfg.data.max_length < 8:
         errors.append(f"data.max_length={cfg.data.max_length}: must be at least 8")
+    if cfg.data.padding_free and cfg.data.group_by_length:
+        errors.append("data.padding_free and data.group_by_length are both true: packing needs no length grouping; choose one")
+    if t.max_tokens_per_batch and t.max_tokens_per_batch < cfg.data.max_length:
+        errors.append(
+            f"train.max_tokens_per_batch={t.max_tokens_per_batch} is below data.max_length={cfg.data.max_length}: "
+            "the longest example would not fit; raise it or lower data.max_length"
+        )
+    for key, value, allowed in (("train.precision", t.precision, ("", "auto", "fp32", "fp16", "bf16")),
+                                ("model.quantize", cfg.model.quantize, ("", "auto", "nf4", "none"))):
+        if value not in allowed:
+            errors.append(f"{key}={value!r}: use one of {', '.join(allowed[1:])} (or leave it empty)")
+    if t.session_hours < 0:
+        errors.append(f"train.session_hours={t.session_hours}: must be 0 (no limit) or positive")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         errors.append(f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     return errors

@@ -9,6 +9,8 @@
 - JSON validity rate: the share of eval prompts whose greedy answer parses as a
   JSON object or array (a ```json fence around it is allowed). A bare number or
   string is not counted: the kit is for tasks whose answers are JSON documents.
+- schema validity rate (optional): the share of those greedy answers whose JSON
+  also validates against a JSON Schema (jsonschema, the schema's own draft).
 """
 
 from __future__ import annotations
@@ -42,6 +44,23 @@ def json_valid_rate(answers: list[str]) -> float:
     if not answers:
         return 0.0
     return sum(parse_json_answer(a) is not None for a in answers) / len(answers)
+
+
+def schema_valid_rate(answers: list[str], schema: dict) -> float:
+    """Share of answers that parse as JSON (as json_valid_rate) and validate against `schema`."""
+    import jsonschema
+
+    if not answers:
+        return 0.0
+    # The schema's own $schema draft decides the rules; a broken schema fails here, once, by name.
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    validator = validator_cls(schema)
+    valid = 0
+    for answer in answers:
+        value = parse_json_answer(answer)
+        valid += value is not None and validator.is_valid(value)
+    return valid / len(answers)
 
 
 @torch.no_grad()
@@ -121,16 +140,19 @@ def generate_answers(
     return answers
 
 
-def evaluate_model(model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int) -> dict:
-    """eval_loss, json_valid_rate and the generations, on the eval split."""
+def evaluate_model(model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int, schema: dict | None = None) -> dict:
+    """eval_loss, json_valid_rate (and schema_valid_rate with a schema) and the generations, on the eval split."""
     conversations = [to_messages(r) for r in eval_records]
     loss_set = conversations[: eval_cfg.max_samples] if eval_cfg.max_samples else conversations
     gen_set = conversations[: eval_cfg.generate_samples]
     answers = generate_answers(model, tokenizer, gen_set, eval_cfg.max_new_tokens, eval_cfg.batch_size)
-    return {
+    result = {
         "eval_loss": eval_loss(model, tokenizer, loss_set, max_length, eval_cfg.batch_size),
         "json_valid_rate": json_valid_rate(answers),
         "eval_examples": len(loss_set),
         "generated": len(answers),
         "generations": answers,
     }
+    if schema is not None:
+        result["schema_valid_rate"] = schema_valid_rate(answers, schema)
+    return result

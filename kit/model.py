@@ -51,6 +51,9 @@ def load_tokenizer(cfg: RunConfig):
 def load_base_model(cfg: RunConfig):
     from transformers import AutoModelForCausalLM
 
+    from kit.platform import resolve_platform
+
+    resolve_platform(cfg)  # a preset's `auto` knobs, if no caller resolved them yet (a no-op when none are left)
     kwargs = {"dtype": DTYPES[cfg.model.dtype], "attn_implementation": cfg.model.attn_implementation}
     if cfg.model.revision != "main":
         kwargs["revision"] = cfg.model.revision

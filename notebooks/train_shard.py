@@ -18,15 +18,24 @@
 #
 #     papermill notebooks/train_shard.ipynb out/shard-1.ipynb -p shard_index 1 -p preset colab-t4
 #
+# `output` can be a folder or a Hub repo, `hf://USER/REPO` (created private). With a Hub repo every
+# checkpoint is pushed to `shard-II/` in the background while training goes on, and Run all on any
+# machine or account with write access continues from the latest complete one; the finished adapter
+# lands in `shard-II/adapter/` with a model card. `data` can be `hf://datasets/USER/REPO` (made by
+# `python -m kit split … --push-to`); only this shard and the eval split are downloaded.
+# The token is never a parameter: on Colab, click the key icon and add a secret `HF_TOKEN` (notebook
+# access on); on Kaggle, Add-ons → Secrets → `HF_TOKEN`; elsewhere, `export HF_TOKEN=…`.
+#
 # Respect each platform's terms: Colab's FAQ, for one, forbids using several accounts to get around its limits.
 
 # %% tags=["parameters"]
 shard_index = 0  # @param {type:"integer"}
-preset = "colab-t4"  # @param ["colab-t4", "cpu-demo", "cpu-tiny"] {allow-input: true}
+preset = "colab-t4"  # @param ["colab-t4", "kaggle-t4x2", "kaggle-p100", "a100-40g", "h100-80g", "rtx4090", "cpu-demo", "cpu-tiny"] {allow-input: true}
 data = "shards"  # @param {type:"string"}
 output = "runs/my-run"  # @param {type:"string"}
 overrides = ""  # @param {type:"string"}
 kit_source = "git+https://github.com/kit-project/kit.git"  # @param {type:"string"}
+session_hours = 0.0  # @param {type:"number"} 0 = the preset's (Colab 4 h, Kaggle 11.5 h); saves and stops before it
 
 # %%
 # Setup: install kit (and requirements.txt when it sits beside this notebook) unless kit is
@@ -45,11 +54,24 @@ if importlib.util.find_spec("kit") is None:
 from kit.config import load_config, parse_overrides
 from kit.train import train_shard
 
-cfg = load_config(preset, parse_overrides(overrides))
+run_overrides = parse_overrides(overrides) + ([f"train.session_hours={session_hours}"] if session_hours else [])
+cfg = load_config(preset, run_overrides)
 print(f"shard {shard_index}: preset {preset}, model {cfg.model.name_or_path}, {cfg.train.max_steps} steps")
 
 # %%
-metrics = train_shard(cfg, data, shard_index, output)
+# More than one GPU (Kaggle T4 x2): one DDP process per GPU under torchrun; else train right here.
+from kit.launch import gpu_count, launch_shard
+
+if gpu_count() > 1:
+    metrics = launch_shard(gpu_count(), preset, run_overrides, data, shard_index, output)
+else:
+    metrics = train_shard(cfg, data, shard_index, output)
 
 # %%
 {k: v for k, v in metrics.items() if k != "config"}
+
+# %%
+# The loss curve, saved as shard-II/loss.png beside the adapter (and pushed with it to a Hub run).
+from kit.progress import show_loss_plot
+
+show_loss_plot(metrics);

@@ -121,6 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "demo-out"))
     parser.add_argument("--records", type=int, default=N_RECORDS)
+    parser.add_argument("--preset", default=PRESET, help="cpu-demo; cpu-tiny gives a quick smoke run of the same steps")
+    parser.add_argument("--set", default="", help="overrides for every notebook, e.g. 'train.max_steps=20; train.save_steps=5'")
     args = parser.parse_args()
     started = time.monotonic()
     out = Path(args.out).resolve()
@@ -136,7 +138,7 @@ def main() -> None:
     wait(run_notebook("split", nb_dir, {"input_path": data, "num_shards": 2, "out": shards, "eval_fraction": 0.02}, "split"), "split")
 
     print("3/5 train shard 0 (notebooks/train_shard.ipynb)")
-    train = {"preset": PRESET, "data": shards, "output": run}
+    train = {"preset": args.preset, "data": shards, "output": run, "overrides": args.set}
     wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00"), "train-shard-00")
 
     print("4/5 train shard 1, killed mid-run, then run again")
@@ -147,7 +149,7 @@ def main() -> None:
     resumed_from = _read_json(run / "shard-01" / "metrics.json").get("resumed_from_step")
 
     print("5/5 merge + evaluate base, shards and merged (notebooks/merge.ipynb)")
-    merge_params = {"run": run, "out": merged, "preset": PRESET, "eval_data": shards}
+    merge_params = {"run": run, "out": merged, "preset": args.preset, "overrides": args.set, "eval_data": shards}
     wait(run_notebook("merge", nb_dir, merge_params, "merge"), "merge")
 
     report = build_report(merged / "merge_report.json", shards, time.monotonic() - started)

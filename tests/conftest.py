@@ -90,3 +90,18 @@ def hub_server():
     server = HubServer(port=HUB_PORT).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def hub(hub_server, monkeypatch):
+    """The session's test Hub with no faults or delay, kit's retries fast; fails on any unhandled route."""
+    import kit.remote
+
+    monkeypatch.setattr(kit.remote, "RETRY_BASE_DELAY_S", 0.05)
+    hub_server.set_faults()
+    hub_server.set_delay(0.0)
+    hub_server.clear_log()
+    yield hub_server
+    hub_server.set_faults()
+    hub_server.set_delay(0.0)
+    assert not hub_server.unhandled, hub_server.unhandled

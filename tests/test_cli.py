@@ -56,6 +56,10 @@ def test_plan_prints_the_resolved_config(capsys):
     assert json.loads(capsys.readouterr().out)["lora"]["r"] == 4
 
 
-def test_weighted_merge_without_weights_says_what_to_add(tmp_path, capsys):
-    assert main(["merge", str(tmp_path), "--strategy", "weighted", "--out", str(tmp_path / "m")]) == 2
+def test_weighted_merge_without_weights_or_sample_counts_says_what_to_add(tmp_path, capsys):
+    from conftest import load_script
+
+    # An adapter with no kit_adapter.json / metrics.json: weighted has no sample count to default to.
+    adapter = load_script("bench_merge").write_adapter(tmp_path / "a", {"model.layers.0.mlp.up_proj": (8, 4)}, r=2, alpha=4, seed=0)
+    assert main(["merge", str(adapter), "--strategy", "weighted", "--out", str(tmp_path / "m")]) == 2
     assert "--weights" in capsys.readouterr().err

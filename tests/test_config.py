@@ -70,3 +70,33 @@ def test_kit_cache_expands_to_its_default_or_the_environment(monkeypatch, tmp_pa
     assert expand_path("${KIT_CACHE}/models").endswith(".cache/kit/models")
     monkeypatch.setenv("KIT_CACHE", str(tmp_path))
     assert expand_path("${KIT_CACHE}/models") == f"{tmp_path}/models"
+
+
+GPU_PRESETS = {"colab-t4": 1, "kaggle-t4x2": 2, "kaggle-p100": 1, "a100-40g": 1, "h100-80g": 1, "rtx4090": 1}
+
+
+def test_every_runtime_has_a_preset():
+    assert set(GPU_PRESETS) | {"cpu-tiny", "cpu-demo"} <= set(available_presets())
+
+
+@pytest.mark.parametrize("preset,gpus", GPU_PRESETS.items())
+def test_gpu_presets_train_the_same_global_batch_so_shards_are_comparable(preset, gpus):
+    t = load_config(preset).train
+    assert t.micro_batch_size * t.grad_accum * gpus == 16
+
+
+@pytest.mark.parametrize("preset,hours", [("kaggle-t4x2", 12), ("kaggle-p100", 12), ("colab-t4", 4)])
+def test_session_presets_stop_inside_their_platforms_limit(preset, hours):
+    assert 0 < load_config(preset).train.session_hours <= hours
+
+
+def test_cpu_presets_have_no_session_limit_and_no_platform_auto():
+    for preset in ("cpu-tiny", "cpu-demo"):
+        cfg = load_config(preset)
+        assert cfg.train.session_hours == 0 and cfg.train.precision == "" and cfg.model.quantize == ""
+
+
+def test_a_bad_precision_or_time_limit_is_named():
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu-tiny", ["train.precision=fp8", "train.session_hours=-1"])
+    assert "train.precision='fp8'" in str(err.value) and "train.session_hours=-1" in str(err.value)

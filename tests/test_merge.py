@@ -1,6 +1,6 @@
-"""The exact average: the merged adapter's update is the mean of the sources' updates.
+"""The merge on real PEFT adapters of a tiny model: exact average, weights, full model, baselines, refusals.
 
-    .venv/bin/python -m pytest tests/test_merge.py -q    # seconds, no network
+    .venv/bin/python -m pytest tests/test_merge.py -q    # ~20 s, no network
 
 LoRA starts with B = 0, so an adapter fresh from init has no update and any
 merge would "pass"; these adapters start away from zero (init_lora_weights=False).
@@ -14,6 +14,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from kit.merge import MergeError, merge_adapters
+
+IDS = torch.tensor([[1, 50, 300, 4000, 20, 7]])
 
 
 def make_adapter(base_dir, out, r, alpha, seed, use_rslora=False, targets=("q_proj", "v_proj", "down_proj")):
@@ -52,6 +54,9 @@ def test_the_average_update_is_the_mean_of_the_updates(tiny_model_dir, two_adapt
         assert expected.abs().max() > 1e-3  # a real update, not zeros
         assert (dm[name] - expected).abs().max() <= 1e-6, name
     assert report["rank"] == 12 and report["weights"] == [0.5, 0.5]
+    # Mixed rank and alpha merge exactly; they are reported as information, not refused.
+    assert report["relative_error"] == 0.0
+    assert any("mixed rank" in n for n in report["notes"]) and any("mixed lora_alpha" in n for n in report["notes"])
 
 
 def test_averaging_the_factors_separately_would_fail_this_check(tiny_model_dir, tmp_path):
@@ -83,11 +88,74 @@ def test_the_merged_model_equals_the_base_plus_the_mean_update_applied_by_hand(t
         assert torch.allclose(merged(ids).logits, by_hand(ids).logits, atol=1e-5)
 
 
+def logits(base_dir, adapter_dir=None):
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    with torch.no_grad():
+        return model.eval()(IDS).logits
+
+
 def test_one_adapter_with_weight_one_is_unchanged(tiny_model_dir, two_adapters, tmp_path):
     a, _ = two_adapters
-    merge_adapters([a], tmp_path / "merged")
+    report = merge_adapters([a], tmp_path / "merged", weights=[1.0])
     da, dm = deltas(tiny_model_dir, a), deltas(tiny_model_dir, tmp_path / "merged")
     assert max((da[k] - dm[k]).abs().max().item() for k in da) <= 1e-6
+    assert report["relative_error"] == 0.0 and report["weights"] == [1.0]
+    assert torch.equal(logits(tiny_model_dir, a), logits(tiny_model_dir, tmp_path / "merged"))
+
+
+def test_n_identical_adapters_average_to_the_same_adapter(tiny_model_dir, two_adapters, tmp_path):
+    a, _ = two_adapters
+    report = merge_adapters([a, a, a], tmp_path / "merged")
+    da, dm = deltas(tiny_model_dir, a), deltas(tiny_model_dir, tmp_path / "merged")
+    assert report["rank"] == 12 and report["names"] == ["a", "a-2", "a-3"]
+    assert max((da[k] - dm[k]).abs().max().item() for k in da) <= 1e-6
+
+
+def test_negative_weights_subtract_an_update(tiny_model_dir, two_adapters, tmp_path):
+    a, b = two_adapters
+    report = merge_adapters([a, b], tmp_path / "merged", weights=[2, -1])
+    da, db, dm = (deltas(tiny_model_dir, p) for p in (a, b, tmp_path / "merged"))
+    assert report["weights"] == [2.0, -1.0]  # already summing to 1
+    for name in dm:
+        assert (dm[name] - (2 * da[name] - db[name])).abs().max() <= 1e-5
+
+
+def test_weights_that_sum_to_zero_are_refused_before_anything_is_written(two_adapters, tmp_path):
+    a, b = two_adapters
+    with pytest.raises(MergeError, match="sum to 0"):
+        merge_adapters([a, b], tmp_path / "merged", weights=[1, -1])
+    assert not (tmp_path / "merged").exists()
+
+
+def test_the_linear_baseline_is_labelled_and_reports_its_error(tiny_model_dir, tmp_path):
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, alpha=8, seed=1)
+    c = make_adapter(tiny_model_dir, tmp_path / "c", r=4, alpha=8, seed=3)
+    report = merge_adapters([a, c], tmp_path / "linear", method="linear")
+    da, dc, dl = (deltas(tiny_model_dir, p) for p in (a, c, tmp_path / "linear"))
+    assert report["method"] == "linear" and report["rank"] == 4
+    err2 = sum(((dl[k] - (da[k] + dc[k]) / 2) ** 2).sum() for k in dl)
+    norm2 = sum((((da[k] + dc[k]) / 2) ** 2).sum() for k in dl)
+    dense = (err2 / norm2).sqrt().item()
+    assert dense > 0.1  # far from the average of the updates
+    assert report["relative_error"] == pytest.approx(dense, rel=1e-4)
+
+
+def test_linear_needs_equal_ranks_and_says_which_method_to_use(two_adapters, tmp_path):
+    with pytest.raises(MergeError, match="--method linear averages factors, so it needs equal ranks"):
+        merge_adapters(list(two_adapters), tmp_path / "merged", method="linear")
+
+
+def test_the_full_model_has_the_exact_adapters_logits(tiny_model_dir, two_adapters, tmp_path):
+    a, b = two_adapters
+    merge_adapters([a, b], tmp_path / "exact", weights=[3, 1])
+    report = merge_adapters([a, b], tmp_path / "full", weights=[3, 1], method="full")
+    assert report["rank"] is None and (tmp_path / "full" / "tokenizer.json").is_file()
+    assert not (tmp_path / "full" / "adapter_config.json").exists()
+    full = logits(tmp_path / "full")
+    assert torch.allclose(full, logits(tiny_model_dir, tmp_path / "exact"), atol=1e-5)
+    assert (full - logits(tiny_model_dir)).abs().max() > 1e-3  # the merge changed the model
 
 
 def test_weights_are_normalised_and_rslora_scaling_is_respected(tiny_model_dir, tmp_path):
@@ -110,6 +178,14 @@ def test_incompatible_adapters_are_refused_with_every_reason(tiny_model_dir, tmp
     message = str(err.value)
     assert "DoRA" in message and "base_model_name_or_path" in message and "target_modules" in message
     assert not (tmp_path / "merged").exists()
+
+
+def test_an_adapter_that_trains_biases_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, alpha=8, seed=1)
+    config = json.loads((a / "adapter_config.json").read_text())
+    (a / "adapter_config.json").write_text(json.dumps({**config, "bias": "lora_only"}))
+    with pytest.raises(MergeError, match="bias='lora_only' trains base biases"):
+        merge_adapters([a], tmp_path / "merged")
 
 
 def test_a_source_without_an_adapter_says_what_to_pass(tmp_path):

@@ -15,13 +15,12 @@ truncated by an interrupted upload is refused instead of trained on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
 from kit.data.records import iter_jsonl, read_jsonl
-from kit.files import write_text_atomic
+from kit.files import sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 EVAL_FILE = "eval.jsonl"
@@ -33,14 +32,6 @@ class ShardError(ValueError):
 
 def shard_file(index: int) -> str:
     return f"shard-{index:02d}.jsonl"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split_dataset(
@@ -120,3 +111,29 @@ def load_shard(data_dir: str | Path, index: int) -> list[dict]:
 def load_eval(data_dir: str | Path) -> list[dict]:
     return load_split(data_dir, EVAL_FILE)
 
+
+
+def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> None:
+    """Upload a split folder to `push_to` (hf://datasets/USER/REPO or a folder); manifest last.
+
+    On the Hub it is one commit (all or nothing); in a folder the manifest is
+    copied last, so a reader never sees a manifest whose files are not there yet.
+    """
+    from kit.remote import open_remote_for_push
+
+    remote = open_remote_for_push(push_to, f"--push-to {push_to}")
+    remote.ensure_exists(private=private)
+    remote.commit_folder(out_dir, "", f"kit split: {read_manifest(out_dir)['num_shards']} shards", last=(MANIFEST,))
+
+
+def fetch_split(source: str | Path, index: int, cache_dir: str | Path) -> Path:
+    """A local folder that holds shard `index`: `source` itself, or a download of only
+    the manifest, the eval split and that one shard from a Hub dataset (load_shard
+    then checks their checksums)."""
+    from kit.remote import is_hub, open_remote, parse_hub
+
+    if not is_hub(source):
+        return Path(source)
+    _, repo_id = parse_hub(str(source))
+    local = Path(cache_dir) / repo_id.replace("/", "--")
+    return open_remote(source).download([MANIFEST, EVAL_FILE, shard_file(index)], local)

@@ -1,0 +1,81 @@
+"""Where the Hugging Face token comes from, and the one error for a push without one.
+
+    token = find_token()                          # None when there is none
+    token = require_token("push to hf://me/run")  # MissingTokenError that says where to put it
+
+Sources, in order: Colab secrets (`google.colab.userdata`), Kaggle secrets
+(`kaggle_secrets.UserSecretsClient`), then the `HF_TOKEN` environment variable.
+A source whose module is missing (not on that platform) or that has no
+HF_TOKEN is skipped. The token is never a notebook parameter (papermill writes
+parameters into the executed notebook), and nothing here prints, logs or
+stores it: callers hand it straight to huggingface_hub.
+
+Tested by tests/test_remote.py (`.venv/bin/python -m pytest -q tests/test_remote.py`).
+"""
+
+from __future__ import annotations
+
+import os
+
+TOKEN_NAME = "HF_TOKEN"
+
+
+class MissingTokenError(RuntimeError):
+    """A Hub write was asked for and no token was found in any source."""
+
+
+def _from_colab() -> str | None:
+    try:
+        from google.colab import userdata
+    except ImportError:
+        return None
+    try:
+        return userdata.get(TOKEN_NAME)
+    except Exception:  # SecretNotFoundError / NotebookAccessError: no usable secret
+        return None
+
+
+def _from_kaggle() -> str | None:
+    try:
+        from kaggle_secrets import UserSecretsClient
+    except ImportError:
+        return None
+    try:
+        return UserSecretsClient().get_secret(TOKEN_NAME)
+    except Exception:  # no such secret, or secrets not attached to this notebook
+        return None
+
+
+def find_token() -> str | None:
+    """The first token found: Colab secret, Kaggle secret, then $HF_TOKEN; None if none."""
+    for source in (_from_colab, _from_kaggle, lambda: os.environ.get(TOKEN_NAME)):
+        token = source()
+        if token and token.strip():
+            return token.strip()
+    return None
+
+
+def runtime_name() -> str:
+    """colab, kaggle or local: recorded in status.json so a fleet view shows where each shard runs."""
+    if "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ:
+        return "colab"
+    if "KAGGLE_KERNEL_RUN_TYPE" in os.environ or "KAGGLE_URL_BASE" in os.environ:
+        return "kaggle"
+    return "local"
+
+
+def missing_token_message(purpose: str) -> str:
+    return (
+        f"{purpose} needs a Hugging Face token with write access, and none was found. Put it in "
+        f"a secret named {TOKEN_NAME}: on Colab, click the key icon in the left sidebar, add "
+        f"{TOKEN_NAME} and switch 'Notebook access' on; on Kaggle, Add-ons -> Secrets -> add "
+        f"{TOKEN_NAME} and attach it to this notebook; elsewhere, `export {TOKEN_NAME}=hf_...`. "
+        "Never pass the token as a notebook parameter. Create one at https://huggingface.co/settings/tokens"
+    )
+
+
+def require_token(purpose: str) -> str:
+    token = find_token()
+    if token is None:
+        raise MissingTokenError(missing_token_message(purpose))
+    return token

@@ -1,0 +1,78 @@
+"""Out of memory at the start of a run: halve the micro-batch, double the accumulation, try again.
+
+    trainer, result = train_with_oom_backoff(make_trainer, cfg, resume_dir)
+
+`make_trainer(cfg)` builds a fresh model and Trainer from cfg (a retry must not
+reuse a model that a partial step may have touched). The global batch
+(micro_batch_size x grad_accum x GPUs) stays the same, so the run trains the
+same examples per optimizer step and its loss curve is comparable; only the
+memory peak drops. Backoff applies to the first `PROBE_STEPS` steps after
+(re)start, where an OOM means "this micro-batch does not fit"; later it is a
+real bug (a leak, an outlier length) and is raised. It stops at micro-batch 1.
+
+Single process only: under DDP one rank's OOM can't be retried alone (the
+others would wait in an all-reduce), so torchrun stops the run and the message
+says to lower train.micro_batch_size.
+
+Tested by tests/test_oom.py with an injected OOM (no GPU needed).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+from kit.checkpoints import checkpoint_step
+
+PROBE_STEPS = 5
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(err, oom_type) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def halve_micro_batch(cfg) -> str:
+    """Halve train.micro_batch_size and double train.grad_accum in place; return what was done."""
+    t = cfg.train
+    before = (t.micro_batch_size, t.grad_accum)
+    t.micro_batch_size //= 2
+    t.grad_accum *= 2
+    return (f"out of memory at micro-batch {before[0]} x accumulation {before[1]}: retrying with "
+            f"{t.micro_batch_size} x {t.grad_accum} (same global batch {t.micro_batch_size * t.grad_accum} per GPU)")
+
+
+def train_with_oom_backoff(make_trainer, cfg, resume, find_resume=None, log=print):
+    """Run `make_trainer(cfg).train(resume)`; on an early OOM halve the micro-batch and retry from scratch
+    (or from `find_resume()`, the newest complete checkpoint then). Returns (trainer, TrainOutput)."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    while True:
+        trainer = make_trainer(cfg)
+        start = checkpoint_step(Path(resume)) if resume else 0  # the step the Trainer restores, before train() does
+        try:
+            return trainer, trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            early = trainer.state.global_step - start < PROBE_STEPS
+            if distributed or not early or cfg.train.micro_batch_size <= 1:
+                why = ("under DDP" if distributed else "after the first steps" if not early else "at micro-batch 1")
+                raise type(err)(f"{err}\nkit: out of memory {why}; lower train.micro_batch_size (and raise "
+                                "train.grad_accum to keep the global batch), shorten data.max_length, or turn on "
+                                "model.gradient_checkpointing") from err
+            log(halve_micro_batch(cfg))
+            del trainer
+            _free_memory()
+            if find_resume is not None:
+                resume = find_resume()
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()  # the failed step's activations are only freed once nothing references them
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

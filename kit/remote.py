@@ -1,0 +1,305 @@
+"""Where a run or a split lives when it is not (only) on this machine: one interface, two backends.
+
+    remote = open_remote("hf://me/my-run")            # Hub model repo (a run)
+    remote = open_remote("hf://datasets/me/my-data")  # Hub dataset repo (a split)
+    remote = open_remote("/content/drive/MyDrive/run") # a plain folder (a mounted Drive)
+
+    remote.ensure_exists(private=True)
+    remote.commit({"shard-00/latest.json": b"...", "shard-00/x.bin": Path("x.bin")}, message="...")
+    remote.read_json("shard-00/latest.json")          # None when absent
+    remote.list_files("shard-00/")
+    remote.download(["manifest.json", "shard-00/checkpoint-4/"], local_dir)
+
+A `commit` is one unit: on the Hub one commit (atomic: all files or none); in a
+folder every file is written to a temp name and renamed, in the order given, so
+a caller that puts its marker file last (a pointer, a manifest) gets the same
+"marker means complete" guarantee from both backends.
+
+The Hub client does not retry a commit POST and does not retry a download GET
+that answered 500, so every call here goes through `with_retries` (exponential
+backoff); "not found" answers are not retried.
+
+Tested by tests/test_remote.py (`.venv/bin/python -m pytest -q tests/test_remote.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+HUB_SCHEME = "hf://"
+# First wait between tries of a failed transfer; doubles each time (tests shorten it).
+RETRY_BASE_DELAY_S = 1.0
+T = TypeVar("T")
+
+
+class RemoteError(RuntimeError):
+    """A remote location is malformed, or a transfer failed after every retry."""
+
+
+class UploadError(RuntimeError):
+    """Something that should be on a run's remote is not, after every retry (kit/sync.py raises it)."""
+
+
+def is_hub(location: str | os.PathLike) -> bool:
+    return str(location).startswith(HUB_SCHEME)
+
+
+def parse_hub(location: str) -> tuple[str, str]:
+    """hf://USER/REPO -> ("model", "USER/REPO"); hf://datasets/USER/REPO -> ("dataset", "USER/REPO")."""
+    rest = str(location)[len(HUB_SCHEME):].strip("/")
+    repo_type = "model"
+    if rest.startswith("datasets/"):
+        repo_type, rest = "dataset", rest[len("datasets/"):]
+    elif rest.startswith("models/"):
+        rest = rest[len("models/"):]
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", rest):
+        raise RemoteError(f"{location}: expected hf://USER/REPO (a run) or hf://datasets/USER/REPO (a split)")
+    return repo_type, rest
+
+
+def _is_missing(err: BaseException) -> bool:
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    missing = (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, FileNotFoundError)
+    return isinstance(err, missing) and not _is_offline_miss(err)
+
+
+def _is_offline_miss(err: BaseException) -> bool:
+    # hf_hub_download raises LocalEntryNotFoundError (a FileNotFoundError) when it could not
+    # reach the server at all: that is a transient failure, not an absent file.
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    return isinstance(err, LocalEntryNotFoundError)
+
+
+def _is_permanent(err: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if _is_missing(err):
+        return True
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        return 400 <= status < 500 and status not in (408, 409, 412, 429)
+    return isinstance(err, (RemoteError, ValueError, PermissionError))
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float | None = None, max_delay: float = 30.0,
+                 should_stop: Callable[[], bool] | None = None) -> T:
+    """Call fn until it succeeds; sleep base_delay * 2**k between tries; raise RemoteError naming `what`.
+
+    `should_stop` lets a background uploader give up early when its work is
+    superseded (a newer checkpoint is waiting).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as err:
+            if _is_permanent(err) or attempt == attempts or (should_stop and should_stop()):
+                raise RemoteError(f"{what}: failed after {attempt} attempt(s): {type(err).__name__}: {err}") from err
+            delay = min(max_delay, (RETRY_BASE_DELAY_S if base_delay is None else base_delay) * 2 ** (attempt - 1))
+            print(f"{what}: attempt {attempt} failed ({type(err).__name__}); retrying in {delay:.1f} s", flush=True)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class Remote:
+    """The operations kit needs from a run's or a split's home; see the module docstring."""
+
+    location: str
+
+    def ensure_exists(self, private: bool = True) -> None:
+        raise NotImplementedError
+
+    def commit(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str] = (),
+               retries: bool = True) -> None:
+        """Add `files` ({path in repo: local Path or bytes}) and delete folders, as one unit.
+
+        retries=False makes one attempt (for callers that run their own retry loop)."""
+        attempt = lambda: self._commit_once(files, message, delete_folders)  # noqa: E731
+        if retries:
+            with_retries(attempt, f"push to {self.location} ({message})")
+        else:
+            attempt()
+
+    def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes | None:
+        raise NotImplementedError
+
+    def list_files(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def download(self, paths: list[str], local_dir: str | Path) -> Path:
+        """Copy files (and folders, given with a trailing '/') into local_dir, keeping their paths."""
+        raise NotImplementedError
+
+    def read_json(self, path: str):
+        data = self.read_bytes(path)
+        return None if data is None else json.loads(data)
+
+    def commit_folder(self, local: str | Path, path_in_repo: str, message: str, last: tuple[str, ...] = ()) -> None:
+        """Commit every file under `local` as `path_in_repo/...`; names in `last` go last (markers)."""
+        local = Path(local)
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name in last)  # stable: markers move to the end
+        prefix = path_in_repo.strip("/")
+        self.commit({f"{prefix}/{p.relative_to(local).as_posix()}" if prefix else p.relative_to(local).as_posix(): p
+                     for p in files}, message)
+
+
+class HubRemote(Remote):
+    """A Hub repo through huggingface_hub; the token is passed to each call, never stored elsewhere."""
+
+    def __init__(self, location: str, token: str | None = None):
+        self.location = str(location)
+        self.repo_type, self.repo_id = parse_hub(location)
+        self._token = token
+
+    def __repr__(self) -> str:  # never show the token
+        return f"HubRemote({self.location!r})"
+
+    def _api(self):
+        from huggingface_hub import HfApi
+
+        return HfApi(token=self._token)
+
+    def ensure_exists(self, private: bool = True) -> None:
+        with_retries(
+            lambda: self._api().create_repo(self.repo_id, repo_type=self.repo_type, private=private, exist_ok=True),
+            f"create {self.location}",
+        )
+
+    def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=(str(src) if isinstance(src, Path) else src))
+               for p, src in files.items()]
+        if delete_folders:
+            # Listed on every attempt: a commit that landed but whose answer was lost
+            # already deleted them, and deleting a missing folder is an error.
+            present = set(self.list_files())
+            for folder in delete_folders:
+                folder = folder.strip("/") + "/"
+                if any(f.startswith(folder) for f in present):
+                    ops.append(CommitOperationDelete(path_in_repo=folder, is_folder=True))
+        self._api().create_commit(self.repo_id, operations=ops, commit_message=message, repo_type=self.repo_type)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        from huggingface_hub import hf_hub_download
+
+        def attempt():
+            try:
+                local = hf_hub_download(self.repo_id, path, repo_type=self.repo_type, token=self._token)
+            except Exception as err:
+                if _is_missing(err):
+                    return None
+                raise
+            return Path(local).read_bytes()
+
+        return with_retries(attempt, f"read {self.location}/{path}")
+
+    def list_files(self, prefix: str = "") -> list[str]:
+        def attempt():
+            try:
+                return self._api().list_repo_files(self.repo_id, repo_type=self.repo_type)
+            except Exception as err:
+                if _is_missing(err):
+                    return []
+                raise
+
+        return [f for f in with_retries(attempt, f"list {self.location}") if f.startswith(prefix)]
+
+    def download(self, paths: list[str], local_dir: str | Path) -> Path:
+        from huggingface_hub import snapshot_download
+
+        patterns = [p + "*" if p.endswith("/") else p for p in paths]
+        local_dir = Path(local_dir)
+        with_retries(
+            lambda: snapshot_download(self.repo_id, repo_type=self.repo_type, allow_patterns=patterns,
+                                      local_dir=local_dir, token=self._token),
+            f"download {paths} from {self.location}",
+        )
+        return local_dir
+
+
+class FolderRemote(Remote):
+    """A plain folder (a mounted Google Drive, a shared disk): same calls, file copies."""
+
+    def __init__(self, location: str | Path):
+        self.location = str(location)
+        self.root = Path(location)
+
+    def __repr__(self) -> str:
+        return f"FolderRemote({self.location!r})"
+
+    def ensure_exists(self, private: bool = True) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
+        for path, src in files.items():  # in the caller's order: its marker file comes last
+            target = self.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            if isinstance(src, Path):
+                shutil.copyfile(src, tmp)
+            else:
+                tmp.write_bytes(src)
+            os.replace(tmp, target)
+        for folder in delete_folders:
+            shutil.rmtree(self.root / folder.strip("/"), ignore_errors=True)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        target = self.root / path
+        return target.read_bytes() if target.is_file() else None
+
+    def list_files(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(f for f in found if f.startswith(prefix) and not Path(f).name.startswith("."))
+
+    def download(self, paths: list[str], local_dir: str | Path) -> Path:
+        local_dir = Path(local_dir)
+        for path in paths:
+            for name in (self.list_files(path) if path.endswith("/") else [path]):
+                src = self.root / name
+                if src.is_file():
+                    (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, local_dir / name)
+        return local_dir
+
+
+def open_remote(location: str | Path, token: str | None = None) -> Remote:
+    """HubRemote for hf://..., FolderRemote for anything else. Reads use `token` or find_token()."""
+    if is_hub(location):
+        if token is None:
+            from kit.hf_token import find_token
+
+            token = find_token()  # private repos need it even to read; public ones don't
+        return HubRemote(str(location), token)
+    return FolderRemote(location)
+
+
+def open_remote_for_push(location: str | Path, purpose: str) -> Remote:
+    """Like open_remote, but a Hub location without a token fails now, with where to put one."""
+    if is_hub(location):
+        from kit.hf_token import require_token
+
+        parse_hub(str(location))  # a malformed address is the first thing to report
+        return HubRemote(str(location), require_token(purpose))
+    return FolderRemote(location)
+
+
+def default_work_dir(location: str) -> Path:
+    """Local folder for a Hub run: $KIT_CACHE/runs/USER--REPO (what a Colab disk loses is on the Hub)."""
+    from kit.config import kit_cache_dir
+
+    _, repo_id = parse_hub(location)
+    return kit_cache_dir() / "runs" / repo_id.replace("/", "--")

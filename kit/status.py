@@ -1,0 +1,290 @@
+"""The fleet at a glance: every shard's state, progress and ETA, read from the run's repo or folder.
+
+    python -m kit status hf://me/run [--data hf://datasets/me/data] [--stale-after 15] [--json]
+    fleet = read_fleet("hf://me/run", data="shards/")     # {"shards": [...], "totals": {...}}
+    print(format_table(fleet))
+    live_view("hf://me/run", every=60)                    # in a notebook: a table that refreshes itself
+    show_loss_curves(fleet)                               # every shard's loss against step
+
+What it reads, per shard (kit/sync.py writes the Hub layout, kit/train.py the local one):
+
+    shard-II/status.json    state, step, max_steps, loss, tokens/s, ETA, platform, loss_history
+    shard-II/metrics.json   present once the shard is done (eval_loss, train_tokens)
+    shard-II/latest.json    the newest complete checkpoint on a remote; in a local run folder,
+                            the newest checkpoint-N/ holding COMPLETE stands in for it
+
+States: running, stopped_for_time, done, failed from status.json; `stale` for a
+shard that says running but has not written for `stale_after` seconds (its
+session died without a word); `not_started` for a shard the manifest expects
+but the run has never seen. Every shard that is not running or done gets the
+exact action that restarts it, with the step it resumes from.
+
+Expected shards come from the split's manifest (`data`), else from the shards present.
+
+Tested by tests/test_status.py (`.venv/bin/python -m pytest -q tests/test_status.py`, ~30 s, no network).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kit.progress import figure_png, format_duration, frontend, plot_loss_curves, show_png
+from kit.remote import RemoteError, is_hub, open_remote
+
+STALE_AFTER_S = 15 * 60
+_SHARD_DIR = re.compile(r"^shard-(\d+)/")
+_CHECKPOINT = re.compile(r"^shard-\d+/(checkpoint-(\d+))/COMPLETE$")
+NEEDS_RESTART = ("stale", "stopped_for_time", "failed", "not_started")
+
+
+def _parse_time(value) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def expected_shards(data: str | Path | None) -> list[int] | None:
+    """Shard indices the split's manifest promises (a folder or hf://datasets/...), or None without data."""
+    if not data:
+        return None
+    manifest = open_remote(data).read_json("manifest.json")
+    if manifest is None:
+        raise RemoteError(f"{data}/manifest.json not found: pass the folder `kit split --out` wrote (or its Hub repo)")
+    return list(range(int(manifest["num_shards"])))
+
+
+def resume_step(files: list[str], prefix: str, pointer: dict | None) -> int:
+    """The step a restart continues from: latest.json's, else the newest checkpoint marked COMPLETE, else 0."""
+    if pointer and "step" in pointer:
+        return int(pointer["step"])
+    steps = [int(m.group(2)) for f in files if (m := _CHECKPOINT.match(f)) and f.startswith(prefix + "/")]
+    return max(steps, default=0)
+
+
+def restart_action(dest: str, shard: int, step: int) -> str:
+    where = "on any account" if is_hub(dest) else f"and output={dest}"
+    then = f"it resumes from step {step}" if step else "it starts from step 0"
+    return f"open train_shard with shard_index={shard} {where}; {then}"
+
+
+def shard_row(dest: str, shard: int, status: dict | None, metrics: dict | None, resume: int, now: datetime,
+              stale_after: float) -> dict:
+    """One table row; `status`/`metrics` are the shard's JSON files (None when absent)."""
+    status = status or {}
+    updated = _parse_time(status["updated_at"]) if status.get("updated_at") else None
+    age = (now - updated).total_seconds() if updated else None
+    state = status.get("state") or "not_started"
+    if metrics is not None:
+        state = "done"  # metrics.json is pushed last, in the final commit: its presence is the truth
+    elif state == "running" and (age is None or age > stale_after):
+        state = "stale"
+    eta = None
+    if state == "running" and status.get("eta_s") is not None:
+        eta = max(0.0, float(status["eta_s"]) - max(age or 0.0, 0.0))  # counted down since the shard wrote it
+    elif state == "done":
+        eta = 0.0
+    tokens = status.get("tokens_seen")
+    if metrics is not None and metrics.get("train_tokens") is not None:
+        tokens = metrics["train_tokens"]
+    row = {
+        "shard": shard,
+        "state": state,
+        "step": status.get("step", metrics.get("steps") if metrics else None),
+        "max_steps": status.get("max_steps"),
+        "loss": status.get("loss"),
+        "tokens_per_s": status.get("tokens_per_s") if state == "running" else None,
+        "eta_s": None if eta is None else round(eta, 1),
+        "updated_at": status.get("updated_at"),
+        "age_s": None if age is None else round(age, 1),
+        "platform": status.get("platform"),
+        "tokens_seen": tokens,
+        "eval_loss": (metrics or {}).get("eval_loss", status.get("eval_loss")),
+        "resume_step": resume,
+        "action": restart_action(dest, shard, resume) if state in NEEDS_RESTART else None,
+        "loss_history": status.get("loss_history", []),
+    }
+    if status.get("error"):
+        row["error"] = status["error"]
+    return row
+
+
+def read_fleet(dest: str | Path, data: str | Path | None = None, stale_after: float = STALE_AFTER_S,
+               now: datetime | None = None) -> dict:
+    """Every shard's row and the fleet's totals; `now` is injectable so staleness can be tested."""
+    dest = str(dest)
+    now = now or datetime.now(timezone.utc)
+    if not is_hub(dest) and not Path(dest).is_dir():
+        raise RemoteError(f"{dest}: no such folder; give the run's --output (a folder or hf://USER/REPO)")
+    remote = open_remote(dest)
+    files = remote.list_files("shard-")  # one listing (one Hub call) finds shards and their checkpoints
+    present = sorted({int(m.group(1)) for f in files if (m := _SHARD_DIR.match(f))})
+    expected = expected_shards(data)
+    shards = sorted(set(expected if expected is not None else present) | set(present))
+    rows = []
+    for shard in shards:
+        prefix = f"shard-{shard:02d}"
+        names = {f for f in files if f.startswith(prefix + "/")}
+        status = remote.read_json(f"{prefix}/status.json") if f"{prefix}/status.json" in names else None
+        metrics = remote.read_json(f"{prefix}/metrics.json") if f"{prefix}/metrics.json" in names else None
+        pointer = remote.read_json(f"{prefix}/latest.json") if f"{prefix}/latest.json" in names else None
+        rows.append(shard_row(dest, shard, status, metrics, resume_step(files, prefix, pointer), now, stale_after))
+    return {"dest": dest, "now": now.isoformat(timespec="seconds"), "shards": rows, "totals": fleet_totals(rows)}
+
+
+def fleet_totals(rows: list[dict]) -> dict:
+    """Counts per state, tokens trained, steps, and when the whole fleet ends (None while a shard needs a restart)."""
+    by_state: dict[str, int] = {}
+    for row in rows:
+        by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+    waiting = sum(by_state.get(s, 0) for s in NEEDS_RESTART)
+    running_etas = [r["eta_s"] for r in rows if r["state"] == "running"]
+    return {
+        "shards": len(rows),
+        "by_state": by_state,
+        "tokens_trained": sum(r["tokens_seen"] or 0 for r in rows),
+        "tokens_per_s": round(sum(r["tokens_per_s"] or 0 for r in rows), 1),
+        "steps_done": sum(r["step"] or 0 for r in rows),
+        "steps_total": sum(r["max_steps"] or 0 for r in rows),
+        # Shards train side by side, so the fleet ends with its slowest shard; unknown while any shard waits.
+        "eta_s": None if waiting or None in running_etas else max(running_etas, default=0.0),
+        "needs_restart": waiting,
+    }
+
+
+COLUMNS = ("shard", "state", "step", "loss", "tok/s", "ETA", "updated", "platform")
+
+
+def _cells(row: dict) -> list[str]:
+    step = "-" if row["step"] is None else f"{row['step']}/{row['max_steps'] if row['max_steps'] is not None else '?'}"
+    return [
+        f"{row['shard']:02d}",
+        row["state"],
+        step,
+        "-" if row["loss"] is None else f"{row['loss']:.4f}",
+        "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}",
+        format_duration(row["eta_s"]),
+        "-" if row["age_s"] is None else f"{format_duration(row['age_s'])} ago",
+        row["platform"] or "-",
+    ]
+
+
+def totals_line(totals: dict) -> str:
+    states = ", ".join(f"{n} {s}" for s, n in sorted(totals["by_state"].items()))
+    eta = format_duration(totals["eta_s"]) if totals["eta_s"] is not None else (
+        f"unknown until {totals['needs_restart']} shard(s) restart" if totals["needs_restart"] else "-")
+    return (f"{totals['shards']} shards ({states}); {totals['tokens_trained']:,} tokens trained, "
+            f"{totals['tokens_per_s']:.0f} tok/s now; steps {totals['steps_done']}/{totals['steps_total']}; fleet ETA {eta}")
+
+
+def format_table(fleet: dict) -> str:
+    """The fleet as aligned text: one line per shard, the totals, then one action per shard to restart."""
+    table = [list(COLUMNS)] + [_cells(r) for r in fleet["shards"]]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    if not fleet["shards"]:
+        lines.append(f"(no shard-II/ folders in {fleet['dest']} yet)")
+    lines.append("")
+    lines.append(totals_line(fleet["totals"]))
+    for row in fleet["shards"]:
+        if row["action"]:
+            error = f" (last error: {row['error'][:160]})" if row.get("error") else ""
+            lines.append(f"shard {row['shard']} ({row['state']}): {row['action']}{error}")
+    return "\n".join(lines)
+
+
+def format_html(fleet: dict) -> str:
+    """The same table as HTML, for a notebook (stale and failed rows tinted)."""
+    tint = {"stale": "#fde2e2", "failed": "#fde2e2", "stopped_for_time": "#fff4d6", "not_started": "#fff4d6",
+            "done": "#e3f5e1"}
+    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{c}</th>" for c in COLUMNS)
+    body = "".join(
+        f"<tr style='background:{tint.get(r['state'], 'transparent')}'>"
+        + "".join(f"<td style='padding:2px 8px'>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
+        for r in fleet["shards"])
+    actions = "".join(f"<li>shard {r['shard']} ({r['state']}): {html.escape(r['action'])}</li>"
+                      for r in fleet["shards"] if r["action"])
+    return (f"<div><b>{html.escape(fleet['dest'])}</b> at {fleet['now']}<table>{'<tr>' + head + '</tr>'}{body}</table>"
+            f"<p>{html.escape(totals_line(fleet['totals']))}</p>{'<ul>' + actions + '</ul>' if actions else ''}</div>")
+
+
+def loss_curves_png(fleet: dict) -> bytes | None:
+    """Every shard's loss_history on one plot, as PNG bytes (None when no shard has logged a loss yet)."""
+    curves = {f"shard {r['shard']:02d}": r["loss_history"] for r in fleet["shards"] if r["loss_history"]}
+    if not curves:
+        return None
+    return figure_png(plot_loss_curves(curves, title=f"{fleet['dest']}: training loss"))
+
+
+def show_loss_curves(fleet: dict) -> bytes | None:
+    png = loss_curves_png(fleet)
+    if png is None:
+        print("no shard has logged a loss yet")
+    else:
+        show_png(png)
+    return png
+
+
+class LiveView:
+    """A refreshing fleet table in a notebook; `stop()` ends the refreshes."""
+
+    def __init__(self, dest, every: float, read):
+        self.dest, self.every, self._read = dest, every, read
+        self.fleet = read()
+        self._stop = threading.Event()
+        self.widget = None
+        self._thread = None
+
+    def start_widget(self):
+        import ipywidgets
+        from IPython.display import display
+
+        self.widget = ipywidgets.HTML(format_html(self.fleet))
+        display(self.widget)
+        # A thread, not a loop in the cell: the notebook stays usable while the table refreshes.
+        self._thread = threading.Thread(target=self._refresh_loop, name=f"kit-status-{self.dest}", daemon=True)
+        self._thread.start()
+
+    def _refresh_loop(self):
+        while not self._stop.wait(self.every):
+            try:
+                self.fleet = self._read()
+                self.widget.value = format_html(self.fleet)
+            except Exception as err:  # a network blip must not end the view; the next refresh may succeed
+                self.widget.value = format_html(self.fleet) + f"<p>refresh failed: {html.escape(str(err))}</p>"
+
+    def stop(self):
+        self._stop.set()
+
+
+_views: dict[str, LiveView] = {}
+
+
+def live_view(dest: str | Path, every: float = 60, data: str | Path | None = None,
+              stale_after: float = STALE_AFTER_S) -> LiveView:
+    """Show the fleet table. In an interactive notebook it refreshes every `every` seconds in the
+    background; headless (papermill, a terminal) it renders once and returns."""
+    dest = str(dest)
+    if dest in _views:  # the cell was run again: one refresher per run is enough
+        _views.pop(dest).stop()
+    view = LiveView(dest, every, lambda: read_fleet(dest, data, stale_after))
+    if frontend() == "widget":
+        view.start_widget()
+        _views[dest] = view
+    else:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            # Both forms: the saved notebook shows the HTML table, and `jupyter nbconvert --to script` the text one.
+            display({"text/html": format_html(view.fleet), "text/plain": format_table(view.fleet)}, raw=True)
+        else:
+            print(format_table(view.fleet))
+    return view
