@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="session budget: save and stop cleanly before it (sets train.session_hours)")
 
     m = sub.add_parser("merge", help="merge shard adapters (average, weighted, best, greedy); every candidate evaluated")
-    m.add_argument("sources", nargs="+", help="shard folders (holding adapter/) or adapter folders")
+    m.add_argument("sources", nargs="+", help="shard folders (holding adapter/), adapter folders, or hf://USER/REPO/shard-II")
     # Choices spelled out here (kit.compare.STRATEGIES, kit.merge.METHODS) so --help doesn't import torch.
     m.add_argument("--strategy", choices=["average", "weighted", "best", "greedy"], default="average",
                    help="average: equal weights; weighted: --weights or the shards' sample counts; "
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key, e.g. eval.generate_samples=64")
     m.add_argument("--schema", help="JSON Schema file: also report the share of answers that validate")
     m.add_argument("--tolerance", type=float, default=0.01, help="eval-loss near-tie for --strategy best (nats)")
-    m.add_argument("--out", required=True, help="folder for the merged adapter (or model, with --method full)")
+    m.add_argument("--out", required=True, help="folder or hf://USER/REPO[/FOLDER] for the merged adapter (or model, with --method full)")
 
     st = sub.add_parser("status", help="every shard's state, step, loss, tokens/s and ETA; how to restart stale ones")
     st.add_argument("dest", help="the run: the --output of `kit train` (a folder or hf://USER/REPO)")

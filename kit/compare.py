@@ -27,7 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from kit.config import kit_cache_dir
 from kit.files import write_json_atomic, write_text_atomic
+from kit.remote import is_hub, open_remote_for_push, split_hub_path
 from kit.merge import Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
 
 STRATEGIES = ("average", "weighted", "best", "greedy")
@@ -148,6 +150,11 @@ def merge_and_compare(
         raise MergeError(f"--strategy {strategy} picks by eval scores: pass --eval-data (the split folder with eval.jsonl)")
     if weights is not None and strategy != "weighted":
         raise MergeError(f"--weights applies to --strategy weighted, not {strategy}")
+    destination, push_to = str(out), None
+    if is_hub(out):  # merge locally, then push: the token is checked now, before any work
+        repo, folder = split_hub_path(str(out))
+        push_to = (open_remote_for_push(repo, "push the merged adapter"), folder)
+        out = kit_cache_dir() / "merged" / f"{repo[len('hf://'):]}/{folder}".strip("/").replace("/", "--")
     adapters = load_adapters(sources)
     notes = check_compatible(adapters, method)  # every refusal before anything is scored or written
     if strategy == "weighted" and weights is None:
@@ -216,6 +223,12 @@ def merge_and_compare(
     out = Path(out)
     write_json_atomic(out / "merge_report.json", report)
     write_text_atomic(out / "README.md", merge_card(report))
+    if push_to:
+        remote, folder = push_to
+        remote.ensure_exists(private=True)
+        remote.commit_folder(out, folder, f"kit merge: {strategy} ({method}) of {len(adapters)} adapters")
+        report["pushed_to"] = destination
+        print(f"pushed the merged adapter to {destination}")
     return report
 
 

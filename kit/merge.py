@@ -84,10 +84,12 @@ class Adapter:
 def resolve_adapter_dir(source: str | Path) -> Path:
     """The adapter folder a SOURCE names: a shard folder (with adapter/ inside) or an adapter folder.
 
-    The one place a SOURCE becomes a local folder: an `hf://` source is resolved here
-    too (downloaded by kit/remote.py) once the Hub backend provides it.
+    The one place a SOURCE becomes a local folder: `hf://USER/REPO/shard-00` (or `.../adapter`)
+    downloads just that adapter folder into $KIT_CACHE/adapters/.
     """
-    path = Path(source)
+    from kit.remote import is_hub
+
+    path = _download_hub_adapter(str(source)) if is_hub(source) else Path(source)
     for candidate in (path, path / "adapter"):
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
@@ -95,6 +97,26 @@ def resolve_adapter_dir(source: str | Path) -> Path:
         f"{source}: no {ADAPTER_CONFIG} here or in {path / 'adapter'}; pass a shard folder whose training is done "
         "(it holds adapter/) or an adapter folder"
     )
+
+
+def _download_hub_adapter(source: str) -> Path:
+    """Fetch only the adapter's files (not the shard's checkpoints) of an hf:// SOURCE."""
+    from kit.config import kit_cache_dir
+    from kit.remote import open_remote, split_hub_path
+
+    repo, sub = split_hub_path(source)
+    remote = open_remote(repo)
+    candidates = [f"{sub}/adapter", sub] if sub else ["adapter", ""]
+    for folder in candidates:
+        prefix = f"{folder}/" if folder else ""
+        listing = remote.list_files(folder)
+        if f"{prefix}{ADAPTER_CONFIG}" in listing:
+            local = kit_cache_dir() / "adapters" / repo[len("hf://"):].replace("/", "--")
+            files = [f for f in listing if f.startswith(prefix) and "/" not in f[len(prefix):]]
+            remote.download(files, local)
+            return local / folder
+    raise MergeError(f"{source}: no {ADAPTER_CONFIG} in {sub or 'the repo root'} or its adapter/ folder on the Hub; "
+                     "is that shard done? (`python -m kit status` shows it)")
 
 
 def source_label(adapter_dir: Path) -> str:

@@ -63,6 +63,19 @@ def parse_hub(location: str) -> tuple[str, str]:
     return repo_type, rest
 
 
+def split_hub_path(location: str) -> tuple[str, str]:
+    """hf://USER/REPO/a/b -> ("hf://USER/REPO", "a/b"): a repo and a folder inside it (datasets/ kept)."""
+    rest = str(location)[len(HUB_SCHEME):].strip("/")
+    kind = ""
+    for prefix in ("datasets/", "models/"):
+        if rest.startswith(prefix):
+            kind, rest = prefix, rest[len(prefix):]
+    parts = rest.split("/")
+    repo = f"{HUB_SCHEME}{kind}{'/'.join(parts[:2])}"
+    parse_hub(repo)  # a malformed address fails here, with the expected form
+    return repo, "/".join(parts[2:])
+
+
 def _is_missing(err: BaseException) -> bool:
     from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 

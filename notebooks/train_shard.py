@@ -35,7 +35,8 @@ data = "shards"  # @param {type:"string"}
 output = "runs/my-run"  # @param {type:"string"}
 overrides = ""  # @param {type:"string"}
 kit_source = "git+https://github.com/kit-project/kit.git"  # @param {type:"string"}
-session_hours = 0.0  # @param {type:"number"} 0 = the preset's (Colab 4 h, Kaggle 11.5 h); saves and stops before it
+# session_hours: 0 means the preset's (Colab 4 h, Kaggle 11.5 h); the run saves and stops cleanly before it.
+session_hours = 0.0  # @param {type:"number"}
 
 # %%
 # Setup: install kit (and requirements.txt when it sits beside this notebook) unless kit is

@@ -31,7 +31,7 @@ def test_each_notebook_py_and_ipynb_hold_the_same_cells(source):
     paired = source.with_suffix(".ipynb")
     assert paired.is_file(), f"{paired.name} is missing: run `jupytext --to ipynb {source}`"
     drift = cells(jupytext.read(source)) != cells(jupytext.read(paired))
-    assert not drift, f"DRIFT DETECTED: {paired.name} differs from {source.name}; run `jupytext --sync {source}`"
+    assert not drift, f"DRIFT DETECTED: {paired.name} differs from {source.name}; run `jupytext --to ipynb --update {source}`"
 
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
