@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from kit.data.tokenize import IGNORE_INDEX  # one value for "not trained", where labels are made
 
 
 class SFTCollator:

@@ -34,7 +34,7 @@ import torch
 from kit.batching import packed_trainer_class
 from kit.budget import SessionBudget
 from kit.callbacks import CheckpointMarker, StatusCallback, StatusFile
-from kit.checkpoints import latest_complete_checkpoint, remove_incomplete_checkpoints
+from kit.checkpoints import checkpoint_step, latest_complete_checkpoint, remove_incomplete_checkpoints
 from kit.collator import SFTCollator
 from kit.config import RunConfig, kit_cache_dir
 from kit.data.records import to_messages
@@ -189,7 +189,7 @@ def train_shard(cfg: RunConfig, data_dir: str | Path, shard: int, output: str | 
         "train_examples": len(dataset),
         **{f"data_{k}": v for k, v in data_stats.items() if k != "kept"},
         "steps": trainer.state.global_step,
-        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+        "resumed_from_step": checkpoint_step(resume) if resume else None,
         "seconds": round(time.monotonic() - started, 1),
         "adapter": str(adapter_dir),
         "budget": budget.report() if budget else None,
