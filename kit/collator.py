@@ -44,9 +44,11 @@ place where position_ids do not step by +1 as the start of a new example. So:
     do here: every example restarts at 0).
 FlashAttention-2 reads the same position_ids through `_is_packed_sequence` in
 modeling_flash_attention_utils.py (batch size 1, positions not one increasing
-run) and turns them into cu_seqlens. tests/test_collator.py checks the equality
-of packed and unpacked losses for sdpa and eager, and that both ways of breaking
-it do leak.
+run) and turns them into cu_seqlens. kit's attn_implementation "kit_packed_sdpa"
+(kit/attention.py) splits the row at the same places and runs SDPA per example,
+so no T x T mask is built (tests/test_attention.py). tests/test_collator.py
+checks the equality of packed and unpacked losses for sdpa and eager, and that
+both ways of breaking it do leak.
 """
 
 from __future__ import annotations

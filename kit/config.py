@@ -39,7 +39,9 @@ class ModelConfig:
     load_in_4bit: bool = False
     """QLoRA: NF4 4-bit base weights with double quantization (needs CUDA and bitsandbytes)."""
     attn_implementation: str = "sdpa"
-    """sdpa | eager | flash_attention_2."""
+    """auto | sdpa | eager | flash_attention_2 | kit_packed_sdpa (kit/attention.py: sdpa that runs a
+    padding-free row example by example, without transformers' T x T mask; auto picks it for
+    data.padding_free without FlashAttention-2)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% slower."""
     quantize: str = ""

@@ -51,6 +51,7 @@ def load_tokenizer(cfg: RunConfig):
 def load_base_model(cfg: RunConfig):
     from transformers import AutoModelForCausalLM
 
+    import kit.attention  # noqa: F401  registers attn_implementation="kit_packed_sdpa" with transformers
     from kit.platform import resolve_platform
 
     resolve_platform(cfg)  # a preset's `auto` knobs, if no caller resolved them yet (a no-op when none are left)

@@ -10,7 +10,9 @@ Knobs a preset can leave to this module by writing `auto` (anything else is kept
                                    fp16 on 7.x (T4, V100), fp32 below (P100: fp16 has no tensor
                                    cores there and the loss scaler only costs time) and on CPU.
                                    Sets model.dtype, train.fp16 and train.bf16 together.
-    model.attn_implementation: auto -> flash_attention_2 when `flash_attn` imports and cc >= 8.0, else sdpa.
+    model.attn_implementation: auto -> flash_attention_2 when `flash_attn` imports and cc >= 8.0, else sdpa;
+                                   with data.padding_free, kit_packed_sdpa instead of sdpa (kit/attention.py:
+                                   a packed row runs example by example, not through one T x T mask).
     model.quantize: auto        -> nf4 (QLoRA: 4-bit NF4, double quantization, bitsandbytes) on CUDA
                                    with bitsandbytes installed, else none. Sets model.load_in_4bit.
     train.optim: auto           -> paged_adamw_8bit with bitsandbytes on CUDA (optimizer state in 8 bit,
@@ -162,8 +164,14 @@ def resolve_platform(cfg: RunConfig, decisions: Decisions | None = None, verbose
         cfg.train.fp16 = cfg.train.precision == "fp16"
         cfg.train.bf16 = cfg.train.precision == "bf16"
     if cfg.model.attn_implementation == AUTO:
-        cfg.model.attn_implementation = decisions.attn_implementation
-        notes.append(f"model.attn_implementation = {decisions.attn_implementation} ({decisions.reasons['attn_implementation']})")
+        attn, why = decisions.attn_implementation, decisions.reasons["attn_implementation"]
+        if attn == "sdpa" and cfg.data.padding_free:
+            # decide() knows the hardware only; packing is the config's. Without FlashAttention-2's varlen
+            # kernel, sdpa would isolate each packed row with a T x T mask (O(T^2) work, not sum(n_i^2)).
+            attn = "kit_packed_sdpa"
+            why = f"{why}; data.padding_free runs each packed example on its own instead of through a T x T mask"
+        cfg.model.attn_implementation = attn
+        notes.append(f"model.attn_implementation = {attn} ({why})")
     if cfg.model.quantize == AUTO:
         cfg.model.quantize = decisions.quantize
         notes.append(f"model.quantize = {decisions.quantize} ({decisions.reasons['quantize']})")

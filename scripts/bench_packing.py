@@ -10,12 +10,17 @@ forward + backward + AdamW step. Modes:
     pad_max          SFTCollator(max_length=1024): every example padded to 1024 (what naive scripts do)
     dynamic          SFTCollator(): padded to the longest example of a randomly drawn batch
     dynamic_grouped  SFTCollator() on length-grouped batches (kit.batching.length_grouped_indices)
-    padding_free     SFTCollator(padding_free=True) on token-budget batches
+    padding_free     SFTCollator(padding_free=True) on token-budget batches (sdpa: transformers' T x T
+                     block-causal mask over the packed row)
+    padding_free_split  the same packed rows with attn_implementation="kit_packed_sdpa" (kit/attention.py:
+                     one causal SDPA call per example, no T x T mask)
 
-pad_max, dynamic and padding_free train exactly the same examples in each step; dynamic_grouped trains
-the same number of real tokens per step (its steps are cut from the length-grouped order with the same
-token budget). The modes run round-robin, one step each in turn, so a noisy neighbour on a shared
-machine slows all of them alike; each mode first runs one short untimed warm-up step. The ratios are the
+pad_max, dynamic, padding_free and padding_free_split train exactly the same examples in each step;
+dynamic_grouped trains the same number of real tokens per step (its steps are cut from the
+length-grouped order with the same token budget). All modes share one model; padding_free_split
+switches its attention implementation to kit_packed_sdpa for its own step and back to sdpa after.
+The modes run round-robin, one step each in turn, so a noisy neighbour on a shared machine slows all
+of them alike; each mode first runs one short untimed warm-up step. The ratios are the
 result; absolute tokens/s depend on the machine. Results: BENCHMARKS.md, section "Packing".
 """
 
@@ -38,6 +43,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kit.attention import NAME as PACKED_SDPA  # noqa: E402  (importing it registers the implementation)
 from kit.batching import length_grouped_indices  # noqa: E402
 from kit.collator import IGNORE_INDEX, SFTCollator  # noqa: E402
 
@@ -50,7 +56,9 @@ MEAN_LENGTH = 250
 # 49152-token vocabulary), and SmolLM2 trains ~10-30 tokens/s there, so it gets one step of ~4
 # examples (pad_max: 4096 positions).
 DEFAULTS = {"tiny": (2048, 3), "smollm2": (1024, 1)}
-MODES = ("pad_max", "dynamic", "dynamic_grouped", "padding_free")
+MODES = ("pad_max", "dynamic", "dynamic_grouped", "padding_free", "padding_free_split")
+# The attention implementation per mode; every other mode runs transformers' sdpa.
+ATTENTION = {"padding_free_split": PACKED_SDPA}
 
 
 def synthetic_examples(n: int, seed: int = 0, vocab: int = 49152) -> list[dict]:
@@ -91,7 +99,8 @@ def step_plan(lengths: list[int], budget: int, n_steps: int, seed: int) -> dict[
     # Consecutive grouped steps all come from one mega-batch sorted long-to-short (and the first holds the
     # longest examples on purpose), so a few of them would not represent the mix: draw them at random.
     grouped = [grouped[k] for k in random.Random(seed + 1).sample(range(1, len(grouped)), n_steps)]
-    return {"pad_max": same, "dynamic": same, "dynamic_grouped": grouped, "padding_free": same}
+    return {"pad_max": same, "dynamic": same, "dynamic_grouped": grouped, "padding_free": same,
+            "padding_free_split": same}
 
 
 def lora_model(path: Path):
@@ -123,6 +132,7 @@ def bench_model(name: str, budget: int, steps: int, seed: int) -> dict:
         "dynamic": SFTCollator(tokenizer),
         "dynamic_grouped": SFTCollator(tokenizer),
         "padding_free": SFTCollator(tokenizer, padding_free=True),
+        "padding_free_split": SFTCollator(tokenizer, padding_free=True),
     }
     # The same collators, but pad_max pads the warm-up to 128, not 1024: same code path, a fraction of the cost.
     warm_up_collators = {**collators, "pad_max": SFTCollator(tokenizer, max_length=128)}
@@ -139,6 +149,8 @@ def bench_model(name: str, budget: int, steps: int, seed: int) -> dict:
             else:
                 batch = collators[mode]([examples[i] for i in plan[mode][step]])
             real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            # Switching is a config attribute on the shared model (no weights move), outside the timed span.
+            model.base_model.model.set_attn_implementation(ATTENTION.get(mode, "sdpa"))
             started = time.perf_counter()
             loss = model(**batch).loss
             loss.backward()
@@ -163,13 +175,16 @@ def bench_model(name: str, budget: int, steps: int, seed: int) -> dict:
 
 def print_table(name: str, budget: int, steps: int, results: dict) -> None:
     base = results["padding_free"]["tokens_per_s"]
-    print(f"\n{name}: {steps} timed steps per mode, {budget} real tokens per step (sdpa, fp32, LoRA r=16 all-linear)")
-    print(f"{'mode':<16} {'tokens/s':>10} {'padding':>8} {'real tokens':>12} {'seconds':>8} {'padding-free is':>16}")
+    print(f"\n{name}: {steps} timed steps per mode, {budget} real tokens per step "
+          "(fp32, LoRA r=16 all-linear; sdpa except padding_free_split)")
+    split = results["padding_free_split"]["tokens_per_s"]
+    print(f"{'mode':<19} {'tokens/s':>10} {'padding':>8} {'real tokens':>12} {'seconds':>8} "
+          f"{'padding-free is':>16} {'split is':>9}")
     for mode in MODES:
         r = results[mode]
         print(
-            f"{mode:<16} {r['tokens_per_s']:>10.1f} {r['padding_share']:>8.1%} {r['real_tokens']:>12} "
-            f"{r['seconds']:>8.2f} {base / r['tokens_per_s']:>15.2f}x"
+            f"{mode:<19} {r['tokens_per_s']:>10.1f} {r['padding_share']:>8.1%} {r['real_tokens']:>12} "
+            f"{r['seconds']:>8.2f} {base / r['tokens_per_s']:>15.2f}x {split / r['tokens_per_s']:>8.2f}x"
         )
 
 

@@ -88,3 +88,20 @@ def test_device_properties_are_read_from_torch_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props)
     assert detect_devices() == [DeviceInfo("Tesla T4", 7, 5, 14.8)] * 2
+
+
+@pytest.mark.parametrize("gpus", [[], [T4], [P100]], ids=["cpu", "t4", "p100"])
+def test_auto_attention_for_packed_rows_without_flash_attention_is_kit_packed_sdpa(gpus):
+    cfg = load_config("cpu-tiny", ["model.attn_implementation=auto", "data.padding_free=true"])
+    notes = resolve_platform(cfg, decide(gpus, has_flash_attn=True), verbose=False)
+    assert cfg.model.attn_implementation == "kit_packed_sdpa"
+    assert any("T x T mask" in n for n in notes)
+    padded = load_config("cpu-tiny", ["model.attn_implementation=auto"])
+    resolve_platform(padded, decide(gpus), verbose=False)
+    assert padded.model.attn_implementation == "sdpa", "padded batches gain nothing from it"
+
+
+def test_auto_attention_for_packed_rows_keeps_flash_attention_where_it_runs():
+    cfg = load_config("cpu-tiny", ["model.attn_implementation=auto", "data.padding_free=true"])
+    resolve_platform(cfg, decide([A100], has_flash_attn=True), verbose=False)
+    assert cfg.model.attn_implementation == "flash_attention_2"
