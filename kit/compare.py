@@ -30,7 +30,7 @@ from typing import Callable
 from kit.config import kit_cache_dir
 from kit.files import write_json_atomic, write_text_atomic
 from kit.remote import is_hub, open_remote_for_push, split_hub_path
-from kit.merge import Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
+from kit.merge import ADAPTER_CONFIG, Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
 
 STRATEGIES = ("average", "weighted", "best", "greedy")
 METRICS = ("eval_loss", "json_valid_rate")
@@ -64,7 +64,7 @@ def eval_config(preset: str | None, overrides: list[str], sources: list):
 
     from kit.config import load_config
 
-    base = json.loads((resolve_adapter_dir(sources[0]) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = json.loads((resolve_adapter_dir(sources[0]) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if preset:
         cfg = load_config(preset, overrides)
         if base and cfg.resolved_model_path() != base:

@@ -8,16 +8,25 @@ import os
 from pathlib import Path
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def json_text(data) -> str:
+    """The one JSON layout kit writes (status, metrics, pointers): indented, UTF-8 kept, newline-terminated."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_json_atomic(path: str | Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json_text(data))
 
 
 def read_json(path: str | Path, default=None):

@@ -51,7 +51,7 @@ from kit.files import read_json, write_json_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_INFO = "kit_adapter.json"  # written beside the adapter by kit/train.py
+ADAPTER_INFO = "kit_adapter.json"  # written beside the adapter by kit/train.py (save_adapter)
 METHODS = ("exact", "full", "svd", "linear")
 PEFT_PREFIX = "base_model.model."
 
@@ -344,10 +344,11 @@ def save_lora(factors: Factors, config: dict, out: Path, dtype: torch.dtype) -> 
 
 def merge_into_base(factors: Factors, base_model: str, out: Path) -> None:
     """base weights + B @ A in fp32, saved in the base's own dtype with save_pretrained, tokenizer beside."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    # Read from the config before loading: from_pretrained(dtype=float32) sets model.config.dtype to float32.
+    stored = getattr(AutoConfig.from_pretrained(base_model), "dtype", None) or torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    stored = getattr(model.config, "dtype", None) or torch.float32
     stored = getattr(torch, stored) if isinstance(stored, str) else stored
     with torch.no_grad():
         for module, (a, b) in factors.items():

@@ -20,10 +20,10 @@ Tested by tests/test_oom.py with an injected OOM (no GPU needed).
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 
 from kit.checkpoints import checkpoint_step
+from kit.launch import world_size
 
 PROBE_STEPS = 5
 
@@ -48,7 +48,7 @@ def halve_micro_batch(cfg) -> str:
 def train_with_oom_backoff(make_trainer, cfg, resume, find_resume=None, log=print):
     """Run `make_trainer(cfg).train(resume)`; on an early OOM halve the micro-batch and retry from scratch
     (or from `find_resume()`, the newest complete checkpoint then). Returns (trainer, TrainOutput)."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = world_size() > 1
     while True:
         trainer = make_trainer(cfg)
         start = checkpoint_step(Path(resume)) if resume else 0  # the step the Trainer restores, before train() does

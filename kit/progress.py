@@ -30,6 +30,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from kit.files import write_bytes_atomic
+
 LOSS_PLOT = "loss.png"
 # status.json is pushed with every checkpoint: a few hundred points draw the same curve as ten thousand.
 MAX_HISTORY_POINTS = 400
@@ -197,10 +199,7 @@ def figure_png(fig) -> bytes:
 def save_loss_plot(history: list, path: str | Path, title: str = "training loss") -> Path:
     """Write the curve as a PNG, atomically (a reader never sees half an image)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(figure_png(plot_loss_curves({"loss": history}, title)))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, figure_png(plot_loss_curves({"loss": history}, title)))
     return path
 
 

@@ -41,7 +41,6 @@ Tested by tests/test_remote.py and tests/test_hub_resume.py.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -52,7 +51,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from kit.checkpoints import COMPLETE_MARKER, checkpoint_step, latest_complete_checkpoint, mark_complete
-from kit.files import read_json, sha256_file
+from kit.files import json_text, read_json, sha256_file
 from kit.hf_token import runtime_name
 from kit.model_card import shard_adapter_card
 from kit.remote import (FolderRemote, Remote, RemoteError, UploadError, default_work_dir, is_hub, open_remote_for_push,
@@ -66,6 +65,8 @@ def _snapshot(src: Path, dst: Path) -> None:
     """Hard-link (else copy) a checkpoint aside: the Trainer may delete its folder
     (save_total_limit) while the upload is still reading it."""
     shutil.rmtree(dst, ignore_errors=True)
+    # rglob yields in directory order, which may list COMPLETE first (tmpfs lists newest first).
+    dst.mkdir(parents=True)
     for path in src.rglob("*"):
         if path.name == COMPLETE_MARKER:
             # Written fresh, never linked: CheckpointMarker rewrites the original in place
@@ -160,7 +161,12 @@ class CheckpointUploader:
 
 
 def _json_bytes(data) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    return json_text(data).encode()
+
+
+def _status_for_push(run_dir: Path) -> dict:
+    """The local status.json plus where this shard runs, as the remote's copy records it."""
+    return {**(read_json(run_dir / "status.json", default={}) or {}), "platform": runtime_name()}
 
 
 class CheckpointPusher(TrainerCallback):
@@ -179,8 +185,7 @@ class CheckpointPusher(TrainerCallback):
         mark_complete(checkpoint)
         staged = run_dir / ".push" / checkpoint.name
         _snapshot(checkpoint, staged)
-        status = {**(read_json(run_dir / "status.json", default={}) or {}), "platform": runtime_name()}
-        self.uploader.submit(checkpoint, staged, status)
+        self.uploader.submit(checkpoint, staged, _status_for_push(run_dir))
 
 
 def _maybe_pause(kind: str, step: int, run_dir: Path) -> None:
@@ -292,13 +297,12 @@ class ShardSync:
         (adapter / "README.md").write_text(
             shard_adapter_card(metrics, metrics.get("config", {}), repo_id, self.shard, dataset), encoding="utf-8")
         shutil.copyfile(run_dir / DONE_MARKER, adapter / DONE_MARKER)
-        status = {**(read_json(run_dir / "status.json", default={}) or {}), "platform": runtime_name()}
         files = {f"{self.prefix}/adapter/{p.relative_to(adapter).as_posix()}": p
                  for p in sorted(adapter.rglob("*")) if p.is_file()}
         for extra in (run_dir / "eval_generations.jsonl", run_dir / "loss.png"):  # loss.png: kit/progress.py
             if extra.is_file():
                 files[f"{self.prefix}/{extra.name}"] = extra
-        files[f"{self.prefix}/status.json"] = _json_bytes(status)
+        files[f"{self.prefix}/status.json"] = _json_bytes(_status_for_push(run_dir))
         files[f"{self.prefix}/{DONE_MARKER}"] = run_dir / DONE_MARKER  # last: its presence means done
         try:
             self.remote.commit(files, f"{self.prefix}: final adapter")

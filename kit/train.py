@@ -41,8 +41,9 @@ from kit.data.records import to_messages
 from kit.data.shards import fetch_split, load_eval, load_shard
 from kit.data.tokenize import encode_records
 from kit.evaluate import evaluate_model
-from kit.files import read_json, write_json_atomic
+from kit.files import read_json, write_json_atomic, write_text_atomic
 from kit.launch import is_main_process, print0
+from kit.merge import ADAPTER_INFO
 from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
 from kit.platform import resolve_platform
@@ -50,7 +51,6 @@ from kit.progress import ProgressBar
 from kit.sync import open_shard_sync
 
 ADAPTER_DIR = "adapter"
-ADAPTER_INFO = "kit_adapter.json"
 
 
 def shard_dir(output: str | Path, shard: int) -> Path:
@@ -110,9 +110,10 @@ def train_shard(cfg: RunConfig, data_dir: str | Path, shard: int, output: str | 
         return remote_done
     if status.read().get("state") == "done" and (run_dir / "metrics.json").is_file():
         print(f"shard {shard}: already done ({run_dir}); nothing to train")
+        metrics = read_json(run_dir / "metrics.json")
         if main:
-            sync.push_final(run_dir, read_json(run_dir / "metrics.json"))  # done here but not pushed yet
-        return read_json(run_dir / "metrics.json")
+            sync.push_final(run_dir, metrics)  # done here but not pushed yet
+        return metrics
 
     data_dir = fetch_split(data_dir, shard, kit_cache_dir() / "data")  # a Hub split: only this shard + eval
     records = load_shard(data_dir, shard)  # checks the index and the checksum first
@@ -178,9 +179,8 @@ def train_shard(cfg: RunConfig, data_dir: str | Path, shard: int, output: str | 
 
     adapter_dir = save_adapter(model, run_dir, cfg, shard, n_examples=len(dataset))
     evaluation = evaluate_model(model, tokenizer, eval_records, cfg.eval, cfg.data.max_length)
-    with (run_dir / "eval_generations.jsonl").open("w", encoding="utf-8") as f:
-        for answer in evaluation.pop("generations"):
-            f.write(json.dumps({"answer": answer}, ensure_ascii=False) + "\n")
+    write_text_atomic(run_dir / "eval_generations.jsonl",  # pushed beside the adapter: never half a file
+                      "".join(json.dumps({"answer": a}, ensure_ascii=False) + "\n" for a in evaluation.pop("generations")))
     metrics = {
         "shard": shard,
         **evaluation,

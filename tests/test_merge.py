@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit.merge import MergeError, merge_adapters
 
@@ -156,6 +156,15 @@ def test_the_full_model_has_the_exact_adapters_logits(tiny_model_dir, two_adapte
     full = logits(tmp_path / "full")
     assert torch.allclose(full, logits(tiny_model_dir, tmp_path / "exact"), atol=1e-5)
     assert (full - logits(tiny_model_dir)).abs().max() > 1e-3  # the merge changed the model
+
+
+def test_the_full_model_is_saved_in_the_base_models_own_dtype(tiny_model_dir, tmp_path):
+    base = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(base)
+    a = make_adapter(base, tmp_path / "a", r=4, alpha=8, seed=1)
+    merge_adapters([a], tmp_path / "full", method="full")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "full").model.embed_tokens.weight.dtype == torch.bfloat16
 
 
 def test_weights_are_normalised_and_rslora_scaling_is_respected(tiny_model_dir, tmp_path):

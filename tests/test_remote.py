@@ -183,6 +183,24 @@ def test_a_failed_push_is_retried_until_it_lands(tmp_path, monkeypatch):
     assert uploader.landed == ["checkpoint-2"] and remote.read_json(f"shard-00/{POINTER}")["step"] == 2
 
 
+def test_a_checkpoint_is_staged_whole_even_when_its_marker_is_listed_first(tmp_path, monkeypatch):
+    # Directory order is the filesystem's: tmpfs lists the newest entry (COMPLETE) first.
+    from kit import sync as sync_mod
+
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    (ckpt / "sub").mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"w")
+    (ckpt / "sub" / "rng_state.pth").write_bytes(b"r")
+    (ckpt / "COMPLETE").write_text("complete\n")
+    real_rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: sorted(real_rglob(self, pattern),
+                                                                    key=lambda p: p.name != "COMPLETE"))
+    staged = tmp_path / "run" / ".push" / "checkpoint-2"
+    sync_mod._snapshot(ckpt, staged)
+    assert sorted(p.relative_to(staged).as_posix() for p in real_rglob(staged, "*") if p.is_file()) == [
+        "COMPLETE", "adapter_model.safetensors", "sub/rng_state.pth"]
+
+
 def test_the_final_push_names_what_did_not_land(tmp_path, monkeypatch):
     monkeypatch.setattr(remote_mod, "RETRY_BASE_DELAY_S", 0.001)
     run_dir = tmp_path / "work" / "shard-00"

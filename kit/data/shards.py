@@ -112,7 +112,6 @@ def load_eval(data_dir: str | Path) -> list[dict]:
     return load_split(data_dir, EVAL_FILE)
 
 
-
 def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> None:
     """Upload a split folder to `push_to` (hf://datasets/USER/REPO or a folder); manifest last.
 
