@@ -85,4 +85,10 @@ def launch_shard(nproc: int, preset: str, overrides, data: str, shard: int, outp
         raise RuntimeError(f"torchrun exited with {proc.returncode}; its output is above")
     local = Path(work_dir) if work_dir else (default_work_dir(str(output)) if is_hub(str(output)) else Path(output))
     run_dir = shard_dir(local, shard)
-    return read_json(run_dir / "metrics.json") or read_json(run_dir / "metrics.partial.json", default={})
+    metrics = read_json(run_dir / "metrics.json") or read_json(run_dir / "metrics.partial.json")
+    if metrics is None and is_hub(str(output)):
+        # Done on the Hub before this machine started: rank 0 returned the remote metrics and wrote nothing here.
+        from kit.remote import open_remote
+
+        metrics = open_remote(str(output)).read_json(f"{run_dir.name}/metrics.json")
+    return metrics or {}

@@ -84,3 +84,26 @@ def test_two_cpu_processes_train_the_adapter_of_one_and_only_rank_0_writes(small
     out1 = next((tmp_path / "logs").rglob("attempt_0/1/stdout.log")).read_text()
     out0 = next((tmp_path / "logs").rglob("attempt_0/0/stdout.log")).read_text()
     assert "shard 0: done" in out0 and "shard 0" not in out1
+
+
+def test_the_launcher_returns_the_hub_metrics_of_a_shard_done_before_this_machine_started(hub, tmp_path, monkeypatch):
+    """A fresh machine launching a shard already done on the Hub gets its metrics back, not {}."""
+    from huggingface_hub import HfApi
+
+    import kit.launch
+
+    api = HfApi()
+    api.create_repo("kit-tester/done-run", private=True, exist_ok=True)
+    api.upload_file(path_or_fileobj=json.dumps({"eval_loss": 0.5}).encode(), path_in_repo="shard-02/metrics.json",
+                    repo_id="kit-tester/done-run")
+
+    class FinishedAtOnce:  # torchrun's ranks saw the shard done on the Hub and exited without local files
+        def __init__(self, *args, **kwargs):
+            self.stdout, self.returncode = iter(()), 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(kit.launch.subprocess, "Popen", FinishedAtOnce)
+    metrics = kit.launch.launch_shard(2, "cpu-tiny", [], "shards", 2, "hf://kit-tester/done-run", work_dir=str(tmp_path))
+    assert metrics == {"eval_loss": 0.5}
