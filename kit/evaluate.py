@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 
 import torch
 
@@ -63,6 +64,17 @@ def schema_valid_rate(answers: list[str], schema: dict) -> float:
     return valid / len(answers)
 
 
+@contextmanager
+def _eval_mode(model):
+    """Eval mode (no dropout) for the block, then the mode the caller had, even if the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def eval_loss(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 8) -> float:
     """Token-weighted masked cross-entropy over the conversations' assistant tokens."""
@@ -76,23 +88,21 @@ def eval_loss(model, tokenizer, conversations: list[list[dict]], max_length: int
         raise ValueError("no eval example has an assistant token within data.max_length")
     collate = SFTCollator(tokenizer)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[i : i + batch_size]).items()}
-        labels = batch.pop("labels")
-        logits = model(**batch, use_cache=False).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        total += loss.item()
-        count += int((shift_labels != IGNORE_INDEX).sum())
-    model.train(was_training)
+    with _eval_mode(model):
+        for i in range(0, len(encoded), batch_size):
+            batch = {k: v.to(device) for k, v in collate(encoded[i : i + batch_size]).items()}
+            labels = batch.pop("labels")
+            logits = model(**batch, use_cache=False).logits.float()
+            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)),
+                shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += loss.item()
+            count += int((shift_labels != IGNORE_INDEX).sum())
     return total / count
 
 
@@ -116,27 +126,25 @@ def generate_answers(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = _stop_ids(model, tokenizer)
-    was_training = model.training
-    model.eval()
     answers = []
     prompts = [encode_prompt(tokenizer, messages) for messages in conversations]
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=pad_id,
-            eos_token_id=stop,
-        )
-        for row in out[:, width:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True))
-    model.train(was_training)
+    with _eval_mode(model):
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=pad_id,
+                eos_token_id=stop,
+            )
+            for row in out[:, width:]:
+                answers.append(tokenizer.decode(row, skip_special_tokens=True))
     return answers
 
 
