@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from kit.merge import MergeError
     from kit.hf_token import MissingTokenError
+    from kit.platform import MissingPackageError
     from kit.remote import RemoteError, UploadError
 
     try:
         return _run(args)
-    except (*USER_ERRORS, MergeError, MissingTokenError, RemoteError, UploadError) as e:
+    except (*USER_ERRORS, MergeError, MissingTokenError, MissingPackageError, RemoteError, UploadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -111,15 +112,16 @@ def _run(args) -> int:
         if args.push_to:
             from kit.data.shards import push_split
 
-            push_split(args.out, args.push_to, private=not args.public)
-            print(f"pushed {args.out} -> {args.push_to}")
+            pushed = push_split(args.out, args.push_to, private=not args.public)
+            print(f"pushed {args.out} -> {args.push_to}, with kit {pushed['kit']['version']} ({pushed['kit']['wheel']}): "
+                  "every shard notebook reading this split installs that kit")
     elif args.command == "train":
         from kit.train import train_shard
 
         cfg = load_config(args.preset, _with_time_limit(args))
         train_shard(cfg, args.data, args.shard, args.output, work_dir=args.work_dir, private=not args.public)
     elif args.command == "merge":
-        from kit.compare import AdapterEvaluator, eval_config, format_table, load_schema, merge_and_compare
+        from kit.compare import adapter_evaluator, eval_config, format_table, load_schema, merge_and_compare
         from kit.merge import MergeError
 
         try:
@@ -131,7 +133,7 @@ def _run(args) -> int:
         cfg = eval_config(args.preset, args.set, args.sources) if (args.eval_data or args.preset) else None
         evaluator = None
         if args.eval_data:
-            evaluator = AdapterEvaluator(cfg, args.eval_data, load_schema(args.schema) if args.schema else None)
+            evaluator = adapter_evaluator(cfg, args.eval_data, load_schema(args.schema) if args.schema else None)
         report = merge_and_compare(
             args.sources, args.out, args.strategy, weights, args.method, args.rank, evaluator,
             base_model=cfg.resolved_model_path() if args.preset else None, tolerance=args.tolerance,
@@ -150,7 +152,7 @@ def _run(args) -> int:
         print(json.dumps(fleet, indent=2) if args.json else format_table(fleet))
     elif args.command == "plan":
         from kit.budget import describe_plan
-        from kit.platform import resolve_platform
+        from kit.platform import quantization_in_effect, resolve_platform
 
         import contextlib
 
@@ -158,6 +160,7 @@ def _run(args) -> int:
         # stdout stays pure JSON for scripts; the decisions and the estimate go to stderr, for people.
         with contextlib.redirect_stdout(sys.stderr):
             resolve_platform(cfg)  # the decisions this machine would make, with their reasons
+            print(quantization_in_effect(cfg))
         print(json.dumps(cfg.to_dict(), indent=2))
         print(describe_plan(cfg), file=sys.stderr)
     return 0

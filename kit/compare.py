@@ -1,6 +1,6 @@
 """Choose what to merge, score every candidate side by side, and write the merge with its report and card.
 
-    evaluator = AdapterEvaluator(eval_config("cpu-tiny", [], sources), "shards/", schema=load_schema("s.json"))
+    evaluator = adapter_evaluator(eval_config("cpu-tiny", [], sources), "shards/", schema=load_schema("s.json"))
     report = merge_and_compare(sources, "merged/", strategy="greedy", evaluator=evaluator)
     print(format_table(report["results"]))
     python -m kit merge runs/x/shard-00 runs/x/shard-01 --strategy best --eval-data shards/ --out merged/
@@ -13,6 +13,8 @@ Strategies (the math of each merge is kit/merge.py's):
 With an evaluator, the base model, every source and every merge candidate are
 scored on the same eval split (eval loss, JSON validity rate, schema validity
 rate with a schema); the table goes to DEST/merge_report.json and the model card.
+Adapters trained on a 4-bit base are scored on it and on the full-precision
+base (BothBasesEvaluator); both sets of numbers land in the report.
 An evaluator is any `f(label, adapter_dir | None) -> {"eval_loss": ..., ...}`
 (None = the base model), so tests inject scores without loading a model.
 
@@ -28,9 +30,9 @@ from pathlib import Path
 from typing import Callable
 
 from kit.config import kit_cache_dir
-from kit.files import write_json_atomic, write_text_atomic
+from kit.files import read_json, write_json_atomic, write_text_atomic
 from kit.remote import is_hub, open_remote_for_push, split_hub_path
-from kit.merge import ADAPTER_CONFIG, Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
+from kit.merge import ADAPTER_CONFIG, ADAPTER_INFO, Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
 
 STRATEGIES = ("average", "weighted", "best", "greedy")
 METRICS = ("eval_loss", "json_valid_rate")
@@ -64,7 +66,10 @@ def eval_config(preset: str | None, overrides: list[str], sources: list):
 
     from kit.config import load_config
 
-    base = json.loads((resolve_adapter_dir(sources[0]) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    first = resolve_adapter_dir(sources[0])
+    base = json.loads((first / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    # kit_adapter.json (kit/train.py) records the base's quantization: 4-bit-trained adapters are scored on 4 bit too.
+    quantize = (read_json(first / ADAPTER_INFO, default={}) or {}).get("quantize") or "none"
     if preset:
         cfg = load_config(preset, overrides)
         if base and cfg.resolved_model_path() != base:
@@ -74,7 +79,7 @@ def eval_config(preset: str | None, overrides: list[str], sources: list):
     # No preset: the defaults, on the adapters' base, with the overrides checked like any preset's.
     with tempfile.TemporaryDirectory(prefix="kit-eval-") as tmp:
         preset_file = Path(tmp) / "adapters-base.yaml"
-        preset_file.write_text(yaml.safe_dump({"model": {"name_or_path": base}}))
+        preset_file.write_text(yaml.safe_dump({"model": {"name_or_path": base, "quantize": quantize}}))
         cfg = load_config(str(preset_file), overrides)
     cfg.preset = "(the adapters' base model)"
     return cfg
@@ -117,6 +122,40 @@ class AdapterEvaluator:
         self.loaded += 1
         self.model.set_adapter(name)
         return score()
+
+
+FULL_BASE = "_full_base"  # suffix of the scores a 4-bit-trained adapter gets on the full-precision base
+
+
+class BothBasesEvaluator:
+    """Adapters trained on a 4-bit base, scored on it and on the same base in full precision.
+
+    The 4-bit scores come first and are the ones `best` and `greedy` pick by: they are
+    what training measured. The full-precision ones (keys ending in `_full_base`) are
+    what a merged model served without bitsandbytes gives; the two differ by the
+    quantization error, and the report shows both side by side."""
+
+    def __init__(self, cfg, eval_data: str | Path, schema: dict | None = None):
+        import copy
+
+        full = copy.deepcopy(cfg)
+        full.model.quantize, full.model.load_in_4bit = "none", False
+        self.quantized = AdapterEvaluator(cfg, eval_data, schema)
+        self.full = AdapterEvaluator(full, eval_data, schema)
+
+    def __call__(self, label: str, adapter_dir: Path | None) -> dict:
+        row = self.quantized(label, adapter_dir)
+        full = self.full(label, adapter_dir)
+        row.update({f"{k}{FULL_BASE}": full[k] for k in (*METRICS, "schema_valid_rate") if k in full})
+        return row
+
+
+def adapter_evaluator(cfg, eval_data: str | Path, schema: dict | None = None):
+    """The evaluator for this scoring config: on a 4-bit base, one that scores on both bases."""
+    from kit.platform import resolve_platform
+
+    resolve_platform(cfg, verbose=False)
+    return (BothBasesEvaluator if cfg.model.load_in_4bit else AdapterEvaluator)(cfg, eval_data, schema)
 
 
 def pick_best(rows: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) -> str:
@@ -251,18 +290,25 @@ def format_table(table: dict[str, dict], extra: tuple[str, ...] = ()) -> str:
     """Fixed-width text: one row per model, eval loss and validity rates (schema column when scored)."""
     if not table:
         return "(nothing evaluated: pass --eval-data)"
-    schema = ("schema_valid_rate",) if any("schema_valid_rate" in r for r in table.values()) else ()
-    columns = METRICS + schema + tuple(extra)
+    columns = tuple(_score_columns(table)) + tuple(extra)
     width = max(len(n) for n in table) + 2
-    lines = ["model".ljust(width) + "".join(c.rjust(18) for c in columns)]
+    widths = [max(18, len(c) + 2) for c in columns]
+    lines = ["model".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, widths))]
     for name, row in table.items():
-        cells = [("—" if row.get(c) is None else f"{row[c]:.4f}").rjust(18) for c in columns]
+        cells = [("—" if row.get(c) is None else f"{row[c]:.4f}").rjust(w) for c, w in zip(columns, widths)]
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
 
 
+def _score_columns(table: dict[str, dict]) -> list[str]:
+    """The score columns present: eval loss, validity rates (schema when scored), then the full-base ones."""
+    names = [*METRICS, "schema_valid_rate"]
+    names += [f"{n}{FULL_BASE}" for n in names]
+    return [c for c in names if c in METRICS or any(c in r for r in table.values())]
+
+
 def _markdown_results(table: dict[str, dict]) -> str:
-    columns = [c for c in ("eval_loss", "json_valid_rate", "schema_valid_rate") if any(c in r for r in table.values())]
+    columns = [c for c in _score_columns(table) if any(c in r for r in table.values())]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join("—" if row.get(c) is None else f"{row[c]:.4f}" for c in columns) + " |")
@@ -317,13 +363,14 @@ def merge_card(report: dict) -> str:
 
 def plot_comparison(table: dict[str, dict], path: str | Path) -> Path | None:
     """Bar charts of eval loss and validity rates, saved as a PNG; None when matplotlib isn't installed."""
-    try:
-        import matplotlib
+    from kit.progress import optional_package
 
-        matplotlib.use("Agg")  # headless (papermill, CI); notebooks still display the saved PNG
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not optional_package("matplotlib", "the score plot (the table holds the same numbers)"):
         return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless (papermill, CI); notebooks still display the saved PNG
+    import matplotlib.pyplot as plt
     columns = [c for c in ("eval_loss", "json_valid_rate", "schema_valid_rate") if any(c in r for r in table.values())]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.5 * len(table) + 1.5), squeeze=False)
     names = list(table)

@@ -37,7 +37,7 @@ class ModelConfig:
     dtype: str = "float32"
     """Weights' dtype: float32 | bfloat16 | float16."""
     load_in_4bit: bool = False
-    """QLoRA: NF4 4-bit base weights with double quantization (needs CUDA and bitsandbytes)."""
+    """QLoRA: NF4 4-bit base weights with double quantization (needs bitsandbytes; CUDA, or CPU with fp32 compute)."""
     attn_implementation: str = "sdpa"
     """auto | sdpa | eager | flash_attention_2 | kit_packed_sdpa (kit/attention.py: sdpa that runs a
     padding-free row example by example, without transformers' T x T mask; auto picks it for
@@ -95,7 +95,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     optim: str = "adamw_torch"
-    """adamw_torch | paged_adamw_8bit (bitsandbytes, GPU) | ..."""
+    """adamw_torch | paged_adamw_8bit | adamw_8bit (bitsandbytes; paging only helps on CUDA) | auto | ..."""
     fp16: bool = False
     bf16: bool = False
     precision: str = ""
@@ -153,13 +153,14 @@ def expand_path(value: str) -> str:
 
 
 def presets_dir() -> Path:
-    """The presets folder: `configs/` of a checkout, or the copy packaged as `kit.configs` in a wheel."""
-    checkout = Path(__file__).resolve().parent.parent / "configs"
-    if checkout.is_dir():
+    """The presets folder: `configs/` of a checkout, or `kit/configs/` of an installed wheel."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "configs"
+    if checkout.is_dir() and (here.parent / "pyproject.toml").is_file():
         return checkout
-    from importlib import resources
-
-    return Path(str(resources.files("kit.configs")))
+    # Not importlib.resources.files("kit.configs"): kit/configs has no __init__.py, so that is a
+    # namespace package and files() answers a MultiplexedPath, whose str() is no folder.
+    return here / "configs"
 
 
 def available_presets() -> list[str]:

@@ -4,7 +4,8 @@
     token = require_token("push to hf://me/run")  # MissingTokenError that says where to put it
 
 Sources, in order: Colab secrets (`google.colab.userdata`), Kaggle secrets
-(`kaggle_secrets.UserSecretsClient`), then the `HF_TOKEN` environment variable.
+(`kaggle_secrets.UserSecretsClient`), the `HF_TOKEN` environment variable, then
+the token a `hf auth login` or `notebook_login()` saved (`huggingface_hub.get_token`).
 A source whose module is missing (not on that platform) or that has no
 HF_TOKEN is skipped. The token is never a notebook parameter (papermill writes
 parameters into the executed notebook), and nothing here prints, logs or
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from kit.bootstrap import platform_secret  # one reader of the secrets, shared with the install cell
+
 TOKEN_NAME = "HF_TOKEN"
 
 
@@ -24,31 +27,16 @@ class MissingTokenError(RuntimeError):
     """A Hub write was asked for and no token was found in any source."""
 
 
-def _from_colab() -> str | None:
-    try:
-        from google.colab import userdata
-    except ImportError:
-        return None
-    try:
-        return userdata.get(TOKEN_NAME)
-    except Exception:  # SecretNotFoundError / NotebookAccessError: no usable secret
-        return None
+def _login_token() -> str | None:
+    """A token saved by `hf auth login` or `notebook_login()` (huggingface_hub's own lookup)."""
+    from huggingface_hub import get_token
 
-
-def _from_kaggle() -> str | None:
-    try:
-        from kaggle_secrets import UserSecretsClient
-    except ImportError:
-        return None
-    try:
-        return UserSecretsClient().get_secret(TOKEN_NAME)
-    except Exception:  # no such secret, or secrets not attached to this notebook
-        return None
+    return get_token()
 
 
 def find_token() -> str | None:
-    """The first token found: Colab secret, Kaggle secret, then $HF_TOKEN; None if none."""
-    for source in (_from_colab, _from_kaggle, lambda: os.environ.get(TOKEN_NAME)):
+    """The first token found: Colab secret, Kaggle secret, $HF_TOKEN, then a saved login; None if none."""
+    for source in (platform_secret, lambda: os.environ.get(TOKEN_NAME), _login_token):
         token = source()
         if token and token.strip():
             return token.strip()

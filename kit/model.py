@@ -60,7 +60,8 @@ def load_base_model(cfg: RunConfig):
         kwargs["revision"] = cfg.model.revision
     if cfg.model.load_in_4bit:
         kwargs["quantization_config"] = quantization_config(cfg)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        # bitsandbytes quantizes as the weights are placed: they must land on the one device that runs them.
+        kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(_model_path(cfg), **kwargs)
     # A KV cache in training is wasted memory, and with padding-free batches it would
     # let packed examples attend to each other.
@@ -69,20 +70,17 @@ def load_base_model(cfg: RunConfig):
 
 
 def quantization_config(cfg: RunConfig):
-    """NF4 4-bit weights with double quantization: QLoRA's recipe."""
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            "model.load_in_4bit=true needs a CUDA GPU (bitsandbytes 4-bit). "
-            "On CPU use a preset without it, e.g. --preset cpu-demo, or --set model.load_in_4bit=false"
-        )
+    """NF4 4-bit weights with double quantization: QLoRA's recipe, wherever bitsandbytes runs (CUDA, and CPU since 0.4x)."""
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if cfg.train.bf16 else torch.float16
+    from kit.platform import compute_dtype, require_bitsandbytes
+
+    require_bitsandbytes("model.load_in_4bit=true")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_compute_dtype=DTYPES[compute_dtype(cfg)],
     )
 
 
@@ -105,7 +103,10 @@ def add_lora(model, cfg: RunConfig):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if cfg.model.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+        # Casts the remaining fp16/bf16 parameters (norms, embeddings) to fp32 for stable training, and turns on
+        # input gradients so checkpointed blocks over frozen 4-bit weights still backpropagate to the adapter.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

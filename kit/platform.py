@@ -15,6 +15,8 @@ Knobs a preset can leave to this module by writing `auto` (anything else is kept
                                    a packed row runs example by example, not through one T x T mask).
     model.quantize: auto        -> nf4 (QLoRA: 4-bit NF4, double quantization, bitsandbytes) on CUDA
                                    with bitsandbytes installed, else none. Sets model.load_in_4bit.
+                                   An explicit nf4 runs wherever bitsandbytes does, CPU included (fp32
+                                   compute there): `quantization_in_effect(cfg)` says what a run gets.
     train.optim: auto           -> paged_adamw_8bit with bitsandbytes on CUDA (optimizer state in 8 bit,
                                    paged to host memory under pressure), else adamw_torch.
 
@@ -34,6 +36,10 @@ from kit.hf_token import runtime_name
 
 AUTO = "auto"
 PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class MissingPackageError(ModuleNotFoundError):
+    """A config asks for something whose package is not installed; the message names the package and the fix."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,9 @@ def decide(devices: list[DeviceInfo], runtime: str = "local", has_flash_attn: bo
         reasons = {
             "precision": "fp32: CPU (bf16 matmuls are slower than fp32 on most CPUs, fp16 AMP needs CUDA)",
             "attn_implementation": "sdpa: no GPU, so no FlashAttention-2",
-            "quantize": "none: bitsandbytes 4-bit needs CUDA",
-            "optim": "adamw_torch: paged 8-bit AdamW needs CUDA",
+            "quantize": ("none: on a CPU full-precision weights train faster than 4-bit ones dequantized at every "
+                         "matmul; model.quantize=nf4 runs QLoRA here too when bitsandbytes is installed"),
+            "optim": "adamw_torch: paging optimizer state to host memory means nothing without a GPU",
         }
         return Decisions(runtime, [], "fp32", False, "sdpa", "none", "adamw_torch", reasons)
     # The weakest card decides: under DDP every rank must run the same program.
@@ -185,6 +192,50 @@ def resolve_platform(cfg: RunConfig, decisions: Decisions | None = None, verbose
         for note in notes:
             print(f"  {note}")
     return notes
+
+
+def compute_dtype(cfg: RunConfig) -> str:
+    """The dtype 4-bit layers dequantize to for their matmuls: the run's half precision on CUDA, fp32 on a
+    CPU (its bf16/fp16 matmuls are slower than fp32 ones, and fp16 AMP needs CUDA anyway)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "float32"
+    return "bfloat16" if cfg.train.bf16 else "float16" if cfg.train.fp16 else cfg.model.dtype
+
+
+def require_bitsandbytes(what: str) -> None:
+    """One error, naming both fixes, where 4-bit weights or 8-bit optimizers are asked for without bitsandbytes."""
+    if not _importable("bitsandbytes"):
+        raise MissingPackageError(
+            f"{what} needs bitsandbytes, which is not installed: `pip install bitsandbytes` (or kit with its gpu "
+            "extra, `pip install 'kit[gpu]'`); or set model.quantize=none to train on full-precision weights"
+        )
+
+
+def check_platform_packages(cfg: RunConfig) -> None:
+    """The packages a resolved config's choices need are importable (bitsandbytes for 4-bit and 8-bit optimizers)."""
+    if cfg.model.load_in_4bit:
+        require_bitsandbytes("model.load_in_4bit=true (model.quantize=nf4)")
+    if "8bit" in cfg.train.optim:
+        require_bitsandbytes(f"train.optim={cfg.train.optim}")
+
+
+def quantization_in_effect(cfg: RunConfig) -> str:
+    """One line: the quantization this config gets on this machine (`kit plan` and every training run print it)."""
+    if not cfg.model.load_in_4bit:
+        return "quantize: none (full-precision base weights)"
+    import importlib.metadata
+
+    import torch
+
+    try:
+        version = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        return "quantize: nf4 asked for, but bitsandbytes is not installed (`pip install bitsandbytes`)"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return (f"quantize: nf4, bitsandbytes {version} on {device} "
+            f"(double quantization, compute dtype {compute_dtype(cfg)}; optimizer {cfg.train.optim})")
 
 
 def _has_auto(cfg: RunConfig) -> bool:

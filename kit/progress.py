@@ -5,6 +5,9 @@
     save_loss_plot(loss_history(trainer.state.log_history), "loss.png", title="shard 3")
     show_loss_plot(metrics)   # in a notebook: display shard-II/loss.png if it exists
 
+matplotlib and ipywidgets are optional (not among kit's dependencies): without
+them the plot is skipped and the bar is text, each with one line that says so.
+
 The bar is a tqdm widget in an interactive notebook (Jupyter, Colab, VS Code, an
 interactive Kaggle session) and plain text everywhere else, papermill included:
 a widget in a headless run is saved as a dead `HBox(...)` placeholder, text
@@ -22,6 +25,7 @@ Tested by tests/test_progress.py (`.venv/bin/python -m pytest -q tests/test_prog
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import sys
@@ -59,6 +63,17 @@ def format_duration(seconds: float | None) -> str:
     if h:
         return f"{h}h{m:02d}m"
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def optional_package(module: str, nicety: str, package: str | None = None) -> bool:
+    """True when `module` imports; else print one line saying which nicety is skipped and what gives it.
+
+    Plots and widgets are niceties: a runtime without matplotlib or ipywidgets (kit's own
+    dependencies leave both out) loses the picture, never the run."""
+    if importlib.util.find_spec(module) is not None:
+        return True
+    print(f"{nicety} skipped: {module} is not installed (`pip install {package or module}` gives it)", flush=True)
+    return False
 
 
 def frontend() -> str:
@@ -108,6 +123,8 @@ class ProgressBar(TrainerCallback):
         mode = frontend()
         if mode == "off":
             return None
+        if mode == "widget" and not optional_package("ipywidgets", "the progress widget (a text bar instead)"):
+            mode = "text"
         if mode == "widget":
             from tqdm.notebook import tqdm
         else:
@@ -159,7 +176,7 @@ class ProgressBar(TrainerCallback):
             self.bar = None
         if self.plot and state.is_world_process_zero:
             history = loss_history(state.log_history)
-            if history:
+            if history and optional_package("matplotlib", f"{LOSS_PLOT} (the loss curve)"):
                 run_dir = Path(args.output_dir)
                 # In the run dir before push_final runs: kit/sync.py pushes it beside the adapter.
                 save_loss_plot(history, run_dir / LOSS_PLOT, title=f"{run_dir.name}: training loss")

@@ -8,7 +8,7 @@
 
 What it reads, per shard (kit/sync.py writes the Hub layout, kit/train.py the local one):
 
-    shard-II/status.json    state, step, max_steps, loss, tokens/s, ETA, platform, loss_history
+    shard-II/status.json    state, step, max_steps, loss, tokens/s, ETA, platform, loss_history, kit_version
     shard-II/metrics.json   present once the shard is done (eval_loss, train_tokens)
     shard-II/latest.json    the newest complete checkpoint on a remote; in a local run folder,
                             the newest checkpoint-N/ holding COMPLETE stands in for it
@@ -18,6 +18,9 @@ shard that says running but has not written for `stale_after` seconds (its
 session died without a word); `not_started` for a shard the manifest expects
 but the run has never seen. Every shard that is not running or done gets the
 exact action that restarts it, with the step it resumes from.
+
+A shard whose kit_version differs from the fleet's (the most common one) is named
+under the table: it trained with other code than the run's wheel.
 
 Expected shards come from the split's manifest (`data`), else from the shards present.
 
@@ -32,7 +35,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kit.progress import figure_png, format_duration, frontend, plot_loss_curves, show_png
+from kit.progress import figure_png, format_duration, frontend, optional_package, plot_loss_curves, show_png
 from kit.remote import RemoteError, is_hub, open_remote
 
 STALE_AFTER_S = 15 * 60
@@ -108,6 +111,7 @@ def shard_row(dest: str, shard: int, status: dict | None, metrics: dict | None, 
         "resume_step": resume,
         "action": restart_action(dest, shard, resume) if state in NEEDS_RESTART else None,
         "loss_history": status.get("loss_history", []),
+        "kit_version": (metrics or {}).get("kit_version") or status.get("kit_version"),
     }
     if status.get("error"):
         row["error"] = status["error"]
@@ -134,7 +138,25 @@ def read_fleet(dest: str | Path, data: str | Path | None = None, stale_after: fl
         metrics = remote.read_json(f"{prefix}/metrics.json") if f"{prefix}/metrics.json" in names else None
         pointer = remote.read_json(f"{prefix}/latest.json") if f"{prefix}/latest.json" in names else None
         rows.append(shard_row(dest, shard, status, metrics, resume_step(files, prefix, pointer), now, stale_after))
+    mark_version_mismatches(rows)
     return {"dest": dest, "now": now.isoformat(timespec="seconds"), "shards": rows, "totals": fleet_totals(rows)}
+
+
+def mark_version_mismatches(rows: list[dict]) -> str | None:
+    """Set `kit_version_differs` on each row whose kit is not the fleet's (the most common one); return that one.
+
+    Every shard of a run should install the wheel its data repo carries (kit/bootstrap.py): a
+    shard on another kit trained with other code, so its adapter may not be comparable."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.get("kit_version"):
+            counts[row["kit_version"]] = counts.get(row["kit_version"], 0) + 1
+    if not counts:
+        return None
+    fleet = max(counts, key=lambda v: (counts[v], v))
+    for row in rows:
+        row["kit_version_differs"] = bool(row.get("kit_version")) and row["kit_version"] != fleet
+    return fleet
 
 
 def fleet_totals(rows: list[dict]) -> dict:
@@ -195,7 +217,16 @@ def format_table(fleet: dict) -> str:
         if row["action"]:
             error = f" (last error: {row['error'][:160]})" if row.get("error") else ""
             lines.append(f"shard {row['shard']} ({row['state']}): {row['action']}{error}")
+    lines += version_warnings(fleet["shards"])
     return "\n".join(lines)
+
+
+def version_warnings(rows: list[dict]) -> list[str]:
+    """One line per shard whose kit differs from the fleet's (see mark_version_mismatches)."""
+    fleet = {r["kit_version"] for r in rows if r.get("kit_version") and not r.get("kit_version_differs")}
+    return [f"shard {r['shard']}: trained with kit {r['kit_version']}, the others with {', '.join(sorted(fleet))}: "
+            "its runtime installed another kit (leave kit_source empty to install the wheel in the data repo)"
+            for r in rows if r.get("kit_version_differs")]
 
 
 def format_html(fleet: dict) -> str:
@@ -209,6 +240,7 @@ def format_html(fleet: dict) -> str:
         for r in fleet["shards"])
     actions = "".join(f"<li>shard {r['shard']} ({r['state']}): {html.escape(r['action'])}</li>"
                       for r in fleet["shards"] if r["action"])
+    actions += "".join(f"<li>{html.escape(line)}</li>" for line in version_warnings(fleet["shards"]))
     return (f"<div><b>{html.escape(fleet['dest'])}</b> at {fleet['now']}<table>{'<tr>' + head + '</tr>'}{body}</table>"
             f"<p>{html.escape(totals_line(fleet['totals']))}</p>{'<ul>' + actions + '</ul>' if actions else ''}</div>")
 
@@ -216,16 +248,17 @@ def format_html(fleet: dict) -> str:
 def loss_curves_png(fleet: dict) -> bytes | None:
     """Every shard's loss_history on one plot, as PNG bytes (None when no shard has logged a loss yet)."""
     curves = {f"shard {r['shard']:02d}": r["loss_history"] for r in fleet["shards"] if r["loss_history"]}
-    if not curves:
+    if not curves or not optional_package("matplotlib", "the fleet's loss curves"):
         return None
     return figure_png(plot_loss_curves(curves, title=f"{fleet['dest']}: training loss"))
 
 
 def show_loss_curves(fleet: dict) -> bytes | None:
-    png = loss_curves_png(fleet)
-    if png is None:
+    if not any(r["loss_history"] for r in fleet["shards"]):
         print("no shard has logged a loss yet")
-    else:
+        return None
+    png = loss_curves_png(fleet)  # None without matplotlib: optional_package has said so
+    if png is not None:
         show_png(png)
     return png
 
@@ -273,7 +306,7 @@ def live_view(dest: str | Path, every: float = 60, data: str | Path | None = Non
     if dest in _views:  # the cell was run again: one refresher per run is enough
         _views.pop(dest).stop()
     view = LiveView(dest, every, lambda: read_fleet(dest, data, stale_after))
-    if frontend() == "widget":
+    if frontend() == "widget" and optional_package("ipywidgets", "the self-refreshing table (drawn once instead)"):
         view.start_widget()
         _views[dest] = view
     else:

@@ -7,8 +7,8 @@ Output, under `OUTPUT/shard-II/`:
 
     checkpoint-N/     Trainer checkpoints; `COMPLETE` inside once fully written
     adapter/          the final PEFT adapter (PeftModel.from_pretrained loads it)
-    metrics.json      eval_loss, json_valid_rate, train_tokens, seconds, ...
-    status.json       step, max_steps, loss, state (running|done|stopped_for_time|failed)
+    metrics.json      eval_loss, json_valid_rate, train_tokens, seconds, kit_version, ...
+    status.json       step, max_steps, loss, state (running|done|stopped_for_time|failed), kit_version
     eval_generations.jsonl   the greedy answers behind json_valid_rate
 
 Running the same command again resumes from the newest complete checkpoint (the
@@ -46,9 +46,10 @@ from kit.launch import is_main_process, print0
 from kit.merge import ADAPTER_INFO
 from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
-from kit.platform import resolve_platform
+from kit.platform import check_platform_packages, quantization_in_effect, resolve_platform
 from kit.progress import ProgressBar
 from kit.sync import open_shard_sync
+from kit.wheel import kit_version
 
 ADAPTER_DIR = "adapter"
 
@@ -101,6 +102,8 @@ def train_shard(cfg: RunConfig, data_dir: str | Path, shard: int, output: str | 
     started = time.monotonic()
     main = is_main_process()  # under torchrun only rank 0 writes status, metrics, adapter and pushes (kit/launch.py)
     resolve_platform(cfg, verbose=main)  # fills the preset's `auto` knobs for this GPU and says why
+    check_platform_packages(cfg)  # a missing bitsandbytes fails here, before any download or model load
+    print0(quantization_in_effect(cfg))
     sync = open_shard_sync(output, shard, work_dir, private, dataset=str(data_dir))  # token checked before any work
     run_dir = shard_dir(sync.local_output, shard)
     status = StatusFile(run_dir / "status.json", shard)
@@ -164,7 +167,7 @@ def train_shard(cfg: RunConfig, data_dir: str | Path, shard: int, output: str | 
         )
 
     if main:
-        status.update(state="running", max_steps=cfg.train.max_steps)
+        status.update(state="running", max_steps=cfg.train.max_steps, kit_version=kit_version())
     try:
         trainer, result = train_with_oom_backoff(make_trainer, cfg, resume, lambda: latest_complete_checkpoint(run_dir))
     except BaseException as e:
@@ -191,6 +194,7 @@ def train_shard(cfg: RunConfig, data_dir: str | Path, shard: int, output: str | 
         "steps": trainer.state.global_step,
         "resumed_from_step": checkpoint_step(resume) if resume else None,
         "seconds": round(time.monotonic() - started, 1),
+        "kit_version": kit_version(),
         "adapter": str(adapter_dir),
         "budget": budget.report() if budget else None,
         "config": cfg.to_dict(),
@@ -237,7 +241,8 @@ def save_adapter(model, run_dir: Path, cfg: RunConfig, shard: int, n_examples: i
     # What the merge needs to weigh and check adapters, beside PEFT's own config.
     write_json_atomic(
         tmp / ADAPTER_INFO,
-        {"shard": shard, "train_examples": n_examples, "base_model": cfg.model.name_or_path, "revision": cfg.model.revision},
+        {"shard": shard, "train_examples": n_examples, "base_model": cfg.model.name_or_path, "revision": cfg.model.revision,
+         "quantize": "nf4" if cfg.model.load_in_4bit else "none", "kit_version": kit_version()},
     )
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

@@ -95,8 +95,14 @@ def hub_server():
 @pytest.fixture
 def hub(hub_server, monkeypatch):
     """The session's test Hub with no faults or delay, kit's retries fast; fails on any unhandled route."""
+    import huggingface_hub.constants
+
     import kit.remote
 
+    # Some modules set HF_HUB_OFFLINE=1 at import for their local-only loads; a test of the Hub, and the
+    # processes it starts (a notebook's kernel, the install cell's download), must be online.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(kit.remote, "RETRY_BASE_DELAY_S", 0.05)
     hub_server.set_faults()
     hub_server.set_delay(0.0)

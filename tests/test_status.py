@@ -184,3 +184,19 @@ def test_the_status_notebook_draws_the_table_and_the_loss_plot_once_under_paperm
     assert "<table>" in html and "stale" in html and "shard_index=2" in html
     assert re.search(r"^02\s+stale", text, re.M), "a text table for readers without HTML"
     assert any("image/png" in o.get("data", {}) for o in outputs), "the loss curves were drawn"
+
+
+def test_a_shard_trained_with_another_kit_is_named_under_the_table(tmp_path):
+    files = {f"shard-{i:02d}/status.json": json.dumps({"state": "running", "step": 5, "max_steps": 10,
+                                                        "updated_at": ago(NOW, 1), "kit_version": "0.1.0+aaaaaaaa"}).encode()
+             for i in range(3)}
+    files["shard-02/status.json"] = json.dumps({"state": "running", "step": 5, "max_steps": 10, "updated_at": ago(NOW, 1),
+                                                "kit_version": "0.1.0+bbbbbbbb"}).encode()
+    # metrics.json (the final word on a done shard) overrides what status.json said.
+    files["shard-01/metrics.json"] = json.dumps({"eval_loss": 1.0, "kit_version": "0.1.0+aaaaaaaa"}).encode()
+    fleet = read_fleet(str(write_folder(tmp_path / "run", files)), now=NOW)
+    assert [r["kit_version_differs"] for r in fleet["shards"]] == [False, False, True]
+    table = format_table(fleet)
+    assert "shard 2: trained with kit 0.1.0+bbbbbbbb, the others with 0.1.0+aaaaaaaa" in table
+    same = read_fleet(str(write_folder(tmp_path / "same", {k: v for k, v in files.items() if "shard-02" not in k})), now=NOW)
+    assert "trained with kit" not in format_table(same)

@@ -5,6 +5,7 @@
 Layout of the output folder:
 
     eval.jsonl  shard-00.jsonl ... shard-05.jsonl  manifest.json
+    kit/kit-VERSION-py3-none-any.whl   (uploaded splits only: the kit every shard installs)
 
 The eval split is held out first, so every shard and every merge candidate is
 scored on the same examples. The rest is shuffled with the seed and cut into
@@ -24,6 +25,7 @@ from kit.files import sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 EVAL_FILE = "eval.jsonl"
+KIT_WHEEL_DIR = "kit"  # where an uploaded split keeps the wheel of the kit that made it (push_split)
 
 
 class ShardError(ValueError):
@@ -112,17 +114,30 @@ def load_eval(data_dir: str | Path) -> list[dict]:
     return load_split(data_dir, EVAL_FILE)
 
 
-def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> None:
-    """Upload a split folder to `push_to` (hf://datasets/USER/REPO or a folder); manifest last.
+def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> dict:
+    """Upload a split folder and the kit that made it to `push_to` (hf://datasets/USER/REPO or a folder).
 
-    On the Hub it is one commit (all or nothing); in a folder the manifest is
-    copied last, so a reader never sees a manifest whose files are not there yet.
-    """
+    The wheel (kit/wheel.py) lands as `kit/kit-VERSION-py3-none-any.whl` and the
+    uploaded manifest names it under "kit", so a shard notebook on a fresh runtime
+    installs exactly this code (kit/bootstrap.py). On the Hub it is one commit (all or
+    nothing); in a folder the manifest is copied last, so a reader never sees a
+    manifest whose files are not there yet. Returns the uploaded manifest."""
+    import tempfile
+
     from kit.remote import open_remote_for_push
+    from kit.wheel import build_wheel, kit_version
 
     remote = open_remote_for_push(push_to, f"--push-to {push_to}")
     remote.ensure_exists(private=private)
-    remote.commit_folder(out_dir, "", f"kit split: {read_manifest(out_dir)['num_shards']} shards", last=(MANIFEST,))
+    manifest = read_manifest(out_dir)
+    with tempfile.TemporaryDirectory(prefix="kit-wheel-") as tmp:
+        wheel = build_wheel(tmp)
+        manifest["kit"] = {"version": kit_version(), "wheel": f"{KIT_WHEEL_DIR}/{wheel.name}"}
+        files: dict[str, Path | bytes] = {name: Path(out_dir) / name for name in manifest["files"]}
+        files[manifest["kit"]["wheel"]] = wheel
+        files[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()  # last: the marker of a whole split
+        remote.commit(files, f"kit split: {manifest['num_shards']} shards, kit {manifest['kit']['version']}")
+    return manifest
 
 
 def fetch_split(source: str | Path, index: int, cache_dir: str | Path) -> Path:
