@@ -99,7 +99,7 @@ def run_wheel(data: str) -> tuple[str | None, str | None]:
             raise KitInstallError(f"data={data!r}: no manifest.json there to name a kit wheel; set data to the split "
                                   "(`kit split --out`), or kit_source to a pip spec")
         kit = json.loads(manifest_path.read_text()).get("kit") or {}
-        return kit.get("version"), str(Path(data) / kit["wheel"]) if kit.get("wheel") else None
+        return kit.get("version"), str((Path(data) / kit["wheel"]).resolve()) if kit.get("wheel") else None
     rest = data[len("hf://"):].strip("/")
     repo_type, repo_id = ("dataset", rest[len("datasets/"):]) if rest.startswith("datasets/") else ("model", rest)
     proc = _python(_FETCH_WHEEL, repo_type, repo_id, tempfile.mkdtemp(prefix="kit-wheel-"), token=platform_secret())
@@ -158,7 +158,13 @@ def install_kit(kit_source: str = "", data: str = "") -> None:
                 return _say(f"kit {installed} is installed")
             raise KitInstallError("kit is not installed and there is no data repo to take its wheel from: "
                                   "set data (the split that `kit split --push-to` made) or kit_source (a pip spec)")
-        wanted, spec = run_wheel(data)
+        try:
+            wanted, spec = run_wheel(data)
+        except KitInstallError as err:
+            if not installed:
+                raise
+            # kit is here: a data repo that can't name its wheel is the data cells' problem, reported there.
+            return _say(f"kit {installed} is installed (its version could not be checked against {data}: {err})")
         if installed and (wanted is None or wanted == installed):
             return _say(f"kit {installed} is installed" + ("" if wanted is None else f", the version {data} names"))
         if spec is None:

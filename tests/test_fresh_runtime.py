@@ -45,15 +45,16 @@ def test_run_all_on_a_fresh_runtime_installs_kit_from_the_data_repo_and_trains_q
     pushed = push_split(small_split, f"hf://datasets/{data}")
     assert pushed["kit"]["version"] == kit_version()
 
-    folder = tmp_path / "content"  # Colab's /content: the notebook and nothing else
-    folder.mkdir()
+    folder = tmp_path / "content"  # Colab's /content: the notebook, and a clone named kit that is no install
+    (folder / "kit").mkdir(parents=True)
+    (folder / "kit" / "README.md").write_text("a clone of kit's repo: `import kit` finds this namespace folder\n")
     shutil.copy(ROOT / "notebooks" / "train_shard.ipynb", folder)
     env = clean_env(KIT_INSTALL_EXTRAS="gpu", JUPYTER_PATH=str(tmp_path / "jupyter"), JUPYTER_DATA_DIR=str(tmp_path / "jupyter"),
                     PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    proc = runtime.run(
-        "-m", "papermill", "train_shard.ipynb", "out.ipynb", "--log-output", "--no-progress-bar",
-        "-p", "shard_index", "0", "-p", "preset", "colab-t4", "-p", "data", f"hf://datasets/{data}",
-        "-p", "output", f"hf://{run}", "-p", "overrides", SHRINK, cwd=folder, env=env, timeout=1500)
+    parameters = ["-p", "shard_index", "0", "-p", "preset", "colab-t4", "-p", "data", f"hf://datasets/{data}",
+                  "-p", "output", f"hf://{run}", "-p", "overrides", SHRINK]
+    proc = runtime.run("-m", "papermill", "--log-output", "--no-progress-bar", *parameters, "train_shard.ipynb", "out.ipynb",
+                       cwd=folder, env=env, timeout=1500)
     executed = (folder / "out.ipynb").read_text() if (folder / "out.ipynb").is_file() else ""
     assert proc.returncode == 0, f"papermill failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -69,7 +70,15 @@ def test_run_all_on_a_fresh_runtime_installs_kit_from_the_data_repo_and_trains_q
     assert json.loads(files["shard-00/adapter/kit_adapter.json"])["quantize"] == "nf4"
     assert json.loads(files["shard-00/status.json"])["state"] == "done"
 
-    outputs = [executed, proc.stdout, proc.stderr, *(b.decode("utf-8", "replace") for b in files.values())]
+    # Run all again (a reconnect): nothing to install, nothing to train.
+    again = runtime.run("-m", "papermill", "--no-progress-bar", *parameters, "train_shard.ipynb", "out-again.ipynb",
+                        cwd=folder, env=env, timeout=900)
+    rerun = (folder / "out-again.ipynb").read_text()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"kit {kit_version()} is installed, the version hf://datasets/{data} names" in rerun
+    assert f"shard 0: already done on hf://{run}" in rerun
+
+    outputs = [executed, rerun, proc.stdout, proc.stderr, *(b.decode("utf-8", "replace") for b in files.values())]
     assert not any(FAKE_TOKEN in text for text in outputs), "the token appears in no output and no pushed file"
 
 

@@ -105,3 +105,22 @@ def test_auto_attention_for_packed_rows_keeps_flash_attention_where_it_runs():
     cfg = load_config("cpu-tiny", ["model.attn_implementation=auto", "data.padding_free=true"])
     resolve_platform(cfg, decide([A100], has_flash_attn=True), verbose=False)
     assert cfg.model.attn_implementation == "flash_attention_2"
+
+
+@pytest.mark.parametrize("precision,on_cuda,expected", [
+    ("fp16", True, "float16"), ("bf16", True, "bfloat16"), ("fp32", True, "float32"),
+    ("fp16", False, "float32"), ("bf16", False, "float32")])
+def test_4_bit_layers_compute_in_the_runs_half_precision_on_cuda_and_in_fp32_on_a_cpu(monkeypatch, precision, on_cuda,
+                                                                                      expected):
+    from kit.platform import compute_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: on_cuda)
+    cfg = load_config("colab-t4", [f"train.precision={precision}"])
+    resolve_platform(cfg, decide([T4] if on_cuda else []), verbose=False)
+    assert cfg.model.load_in_4bit
+    assert compute_dtype(cfg) == expected
+
+
+def test_auto_quantization_on_a_cpu_stays_full_precision_and_says_how_to_get_nf4():
+    d = decide([], has_bitsandbytes=True)
+    assert d.quantize == "none" and "model.quantize=nf4" in d.reasons["quantize"]

@@ -4,6 +4,7 @@
 """
 
 import base64
+import re
 import hashlib
 import zipfile
 
@@ -22,7 +23,7 @@ def test_the_wheel_holds_every_module_and_preset_and_names_this_version(tmp_path
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert f"\nVersion: {kit_version()}\n" in metadata
     assert "Requires-Dist: transformers" in metadata and "Provides-Extra: gpu" in metadata
-    assert 'Requires-Dist: bitsandbytes>=0.45; extra == "gpu"' in metadata
+    assert re.search(r'^Requires-Dist: bitsandbytes>=[0-9.]+; extra == "gpu"$', metadata, re.M)
     assert "kit = kit.cli:main" in zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
 
 
