@@ -142,8 +142,8 @@ def read_fleet(dest: str | Path, data: str | Path | None = None, stale_after: fl
     return {"dest": dest, "now": now.isoformat(timespec="seconds"), "shards": rows, "totals": fleet_totals(rows)}
 
 
-def mark_version_mismatches(rows: list[dict]) -> str | None:
-    """Set `kit_version_differs` on each row whose kit is not the fleet's (the most common one); return that one.
+def mark_version_mismatches(rows: list[dict]) -> None:
+    """Set `kit_version_differs` on each row whose kit is not the fleet's (the most common one).
 
     Every shard of a run should install the wheel its data repo carries (kit/bootstrap.py): a
     shard on another kit trained with other code, so its adapter may not be comparable."""
@@ -151,12 +151,9 @@ def mark_version_mismatches(rows: list[dict]) -> str | None:
     for row in rows:
         if row.get("kit_version"):
             counts[row["kit_version"]] = counts.get(row["kit_version"], 0) + 1
-    if not counts:
-        return None
-    fleet = max(counts, key=lambda v: (counts[v], v))
+    fleet = max(counts, key=lambda v: (counts[v], v)) if counts else None
     for row in rows:
         row["kit_version_differs"] = bool(row.get("kit_version")) and row["kit_version"] != fleet
-    return fleet
 
 
 def fleet_totals(rows: list[dict]) -> dict:
