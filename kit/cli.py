@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--schema", help="JSON Schema file: also report the share of answers that validate")
     m.add_argument("--tolerance", type=float, default=0.01, help="eval-loss near-tie for --strategy best (nats)")
     m.add_argument("--out", required=True, help="folder or hf://USER/REPO[/FOLDER] for the merged adapter (or model, with --method full)")
+    m.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that is not an earlier merge (never into a source's run folder)")
 
     st = sub.add_parser("status", help="every shard's state, step, loss, tokens/s and ETA; how to restart stale ones")
     st.add_argument("dest", help="the run: the --output of `kit train` (a folder or hf://USER/REPO)")
@@ -137,7 +139,7 @@ def _run(args) -> int:
         report = merge_and_compare(
             args.sources, args.out, args.strategy, weights, args.method, args.rank, evaluator,
             base_model=cfg.resolved_model_path() if args.preset else None, tolerance=args.tolerance,
-            eval_data=args.eval_data, schema=args.schema,
+            eval_data=args.eval_data, schema=args.schema, overwrite=args.overwrite,
         )
         record = report["merge"]
         print(f"{args.strategy} ({args.method}): chose {report['chosen']}, weights {dict(zip(record['names'], record['weights']))}, "

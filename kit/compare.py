@@ -32,7 +32,7 @@ from typing import Callable
 from kit.config import kit_cache_dir
 from kit.files import read_json, write_json_atomic, write_text_atomic
 from kit.remote import is_hub, open_remote_for_push, split_hub_path
-from kit.merge import ADAPTER_CONFIG, ADAPTER_INFO, Adapter, MergeError, check_compatible, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
+from kit.merge import ADAPTER_CONFIG, ADAPTER_INFO, MERGE_REPORT, Adapter, MergeError, check_compatible, check_merge_destination, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
 
 STRATEGIES = ("average", "weighted", "best", "greedy")
 METRICS = ("eval_loss", "json_valid_rate")
@@ -181,8 +181,12 @@ def merge_and_compare(
     tolerance: float = DEFAULT_TOLERANCE,
     eval_data: str | None = None,
     schema: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Pick and merge by `strategy`, score everything, write DEST (+ merge_report.json, README.md)."""
+    """Pick and merge by `strategy`, score everything, write DEST (+ merge_report.json, README.md).
+
+    A local DEST that is a source's adapter, shard or run folder, or a non-empty folder that is no earlier
+    merge output (unless `overwrite`), is refused before anything is scored (merge.check_merge_destination)."""
     if strategy not in STRATEGIES:
         raise MergeError(f"--strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     if strategy in ("best", "greedy") and evaluator is None:
@@ -196,6 +200,8 @@ def merge_and_compare(
         out = kit_cache_dir() / "merged" / f"{repo[len('hf://'):]}/{folder}".strip("/").replace("/", "--")
     adapters = load_adapters(sources)
     notes = check_compatible(adapters, method)  # every refusal before anything is scored or written
+    if push_to is None:
+        check_merge_destination(out, [a.path for a in adapters], overwrite)
     if strategy == "weighted" and weights is None:
         weights = sample_count_weights(adapters)
     by_name = {a.name: a for a in adapters}
@@ -260,7 +266,7 @@ def merge_and_compare(
         "results": results,
     }
     out = Path(out)
-    write_json_atomic(out / "merge_report.json", report)
+    write_json_atomic(out / MERGE_REPORT, report)
     write_text_atomic(out / "README.md", merge_card(report))
     if push_to:
         remote, folder = push_to

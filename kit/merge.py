@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,35 @@ def resolve_adapter_dir(source: str | Path) -> Path:
         f"{source}: no {ADAPTER_CONFIG} here or in {path / 'adapter'}; pass a shard folder whose training is done "
         "(it holds adapter/) or an adapter folder"
     )
+
+
+MERGE_REPORT = "merge_report.json"  # written by kit/compare.py into every merge output: marks a folder as one
+_SHARD_FOLDER = re.compile(r"shard-\d+")
+
+
+def check_merge_destination(out: str | Path, adapter_dirs: list[Path], overwrite: bool = False) -> None:
+    """Refuse an --out that would overwrite what training saved, before anything is scored or written.
+
+    Refused: a folder that is, or lies inside, a source's adapter folder, its shard folder
+    (shard-II/) or its run folder (the shard folder's parent), where a merged adapter would
+    replace a trained one or be picked up later as a shard's; and a non-empty folder that is
+    not an earlier merge output (no merge_report.json), unless `overwrite`."""
+    target = Path(out).resolve()
+    protected: dict[Path, str] = {}
+    for adapter in (Path(a).resolve() for a in adapter_dirs):
+        protected.setdefault(adapter, "a source adapter")
+        shard = adapter.parent if adapter.name == "adapter" else adapter
+        if _SHARD_FOLDER.fullmatch(shard.name):
+            protected.setdefault(shard, "a source's shard folder")
+            protected.setdefault(shard.parent, "the run folder of a source")
+    for folder, what in protected.items():
+        if target == folder or folder in target.parents:
+            where = "is" if target == folder else "lies inside"
+            raise MergeError(f"--out {out} {where} {what} ({folder}): the merge would overwrite or mix with what "
+                             "training saved there. Choose a folder outside the run, e.g. --out merged/")
+    if target.is_dir() and any(target.iterdir()) and not (target / MERGE_REPORT).is_file() and not overwrite:
+        raise MergeError(f"--out {out} holds other files and is not an earlier merge output (no {MERGE_REPORT}): "
+                         "choose a new or empty folder, or pass --overwrite to write into it anyway")
 
 
 def _download_hub_adapter(source: str) -> Path:

@@ -40,7 +40,8 @@ class FakeEvaluator:
 
 @pytest.fixture
 def sources(tmp_path):
-    return [bench.write_adapter(tmp_path / f"shard-0{i}" / "adapter", SHAPES, r=4, alpha=8, seed=i, train_examples=10 * (i + 1))
+    # Laid out as training leaves them (run/shard-0I/adapter): merge outputs go beside the run, never inside it.
+    return [bench.write_adapter(tmp_path / "run" / f"shard-0{i}" / "adapter", SHAPES, r=4, alpha=8, seed=i, train_examples=10 * (i + 1))
             for i in range(4)]
 
 

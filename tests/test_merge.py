@@ -200,3 +200,46 @@ def test_an_adapter_that_trains_biases_is_refused_with_the_reason(tiny_model_dir
 def test_a_source_without_an_adapter_says_what_to_pass(tmp_path):
     with pytest.raises(MergeError, match="no adapter_config.json"):
         merge_adapters([tmp_path], tmp_path / "merged")
+
+
+@pytest.fixture
+def trained_run(tiny_model_dir, tmp_path):
+    """A run folder as training leaves it: run/shard-0I/adapter/ for two shards."""
+    run = tmp_path / "run"
+    for i, seed in enumerate((1, 2)):
+        make_adapter(tiny_model_dir, run / f"shard-0{i}" / "adapter", r=4, alpha=8, seed=seed)
+    return run
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("out", ["run/shard-00/adapter", "run/shard-01", "run", "run/merged"],
+                         ids=["a-shards-adapter", "a-shard-folder", "the-run-folder", "inside-the-run-folder"])
+def test_merging_into_a_sources_adapter_shard_or_run_folder_is_refused_and_leaves_it_intact(trained_run, tmp_path, out,
+                                                                                              monkeypatch):
+    from kit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(trained_run)
+    assert main(["merge", "run/shard-00", "run/shard-01", "--out", out]) == 2
+    assert snapshot(trained_run) == before, "every file training saved is byte-identical"
+
+
+def test_a_non_empty_folder_that_is_no_earlier_merge_needs_overwrite(trained_run, tmp_path, capsys):
+    from kit.cli import main
+    from kit.compare import merge_and_compare
+
+    sources = [trained_run / "shard-00", trained_run / "shard-01"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    assert main(["merge", *map(str, sources), "--out", str(notes)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and not (notes / "adapter_config.json").exists()
+    assert main(["merge", *map(str, sources), "--out", str(notes), "--overwrite"]) == 0
+    assert (notes / "todo.txt").read_text() == "mine" and (notes / "adapter_config.json").is_file()
+    merged = tmp_path / "merged"
+    merge_and_compare(sources, merged)
+    merge_and_compare(sources, merged, strategy="weighted", weights=[3, 1])  # an earlier merge output is replaced
+    assert json.loads((merged / "merge_report.json").read_text())["strategy"] == "weighted"
