@@ -22,7 +22,7 @@ Colab/Kaggle secret (those APIs answer in the kernel alone) and hands the token 
 in its environment, never on a command line or in any output.
 
 This file is copied into the notebooks: everything below the CELL line is the cell's code
-(scripts/sync_notebooks.py writes it; tests/test_notebooks.py fails when a copy drifts).
+(scripts/sync_notebooks.py writes it; tests/test_bootstrap.py fails when a copy drifts).
 So it imports nothing from kit and, outside functions, only the standard library.
 """
 

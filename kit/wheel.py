@@ -77,27 +77,29 @@ def wheel_name(version: str | None = None) -> str:
     return f"{DIST}-{version or kit_version()}-{WHEEL_TAG}.whl"
 
 
-def _metadata(version: str) -> str:
-    """The installed distribution's METADATA (Requires-Dist, Provides-Extra) with this version in it."""
+def wheel_version(wheel: str | Path) -> str:
+    """The version a wheel's file name states: kit-VERSION-py3-none-any.whl -> VERSION."""
+    return Path(wheel).name.split("-")[1]
+
+
+def _installed_metadata() -> tuple[str, str | None]:
+    """(METADATA, entry_points.txt) of the installed distribution: its dependencies, extras and `kit` command."""
     try:
         dist = importlib.metadata.distribution(DIST)
-        # A checkout's kit.egg-info (found first when the checkout is the working folder) calls it PKG-INFO.
-        text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
     except importlib.metadata.PackageNotFoundError:
-        text = None
+        dist = None
+    # A checkout's kit.egg-info (found first when the checkout is the working folder) calls it PKG-INFO.
+    text = dist and (dist.read_text("METADATA") or dist.read_text("PKG-INFO"))
     if not text:
         raise WheelError("kit runs from a folder but is not installed, so its dependencies are unknown: "
                          "install it first (`pip install -e .` in the checkout), then push the split again")
-    head, sep, body = text.partition("\n\n")
+    return text, dist.read_text("entry_points.txt")
+
+
+def _with_version(metadata: str, version: str) -> str:
+    head, sep, body = metadata.partition("\n\n")
     lines = [f"Version: {version}" if line.startswith("Version:") else line for line in head.splitlines()]
     return "\n".join(lines) + "\n" + (f"\n{body}" if sep else "")
-
-
-def _entry_points() -> str | None:
-    try:
-        return importlib.metadata.distribution(DIST).read_text("entry_points.txt")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _record_line(name: str, data: bytes) -> str:
@@ -106,13 +108,15 @@ def _record_line(name: str, data: bytes) -> str:
 
 
 def build_wheel(out_dir: str | Path) -> Path:
-    """Write kit's wheel into out_dir and return its path (same code -> same bytes)."""
-    version = kit_version()
+    """Write kit's wheel into out_dir and return its path (same code -> same bytes).
+
+    The version is computed from the very files packed, so name, METADATA and contents always agree."""
+    files = package_files()
+    version = version_of(files)
     info = f"{DIST}-{version}.dist-info"
-    files = dict(package_files())
-    files[f"{info}/METADATA"] = _metadata(version).encode()
+    metadata, entry_points = _installed_metadata()
+    files[f"{info}/METADATA"] = _with_version(metadata, version).encode()
     files[f"{info}/WHEEL"] = f"Wheel-Version: 1.0\nGenerator: kit {version}\nRoot-Is-Purelib: true\nTag: {WHEEL_TAG}\n".encode()
-    entry_points = _entry_points()
     if entry_points:
         files[f"{info}/entry_points.txt"] = entry_points.encode()
     record = "\n".join([*(_record_line(n, d) for n, d in files.items()), f"{info}/RECORD,,"]) + "\n"

@@ -5,7 +5,7 @@
 
 The cell is the code below bootstrap.py's CELL line, then one call naming the notebook's
 parameter that points at the run's data: `install_kit(kit_source, data)` (train_shard,
-status), `eval_data` (merge), `push_to` (split). tests/test_notebooks.py runs the check.
+status), `eval_data` (merge), `push_to` (split). tests/test_bootstrap.py runs the check.
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ import hashlib
 import zipfile
 
 from kit.config import available_presets
-from kit.wheel import build_wheel, kit_version, package_files, version_of, wheel_name
+from kit.wheel import build_wheel, kit_version, package_files, version_of, wheel_name, wheel_version
 
 
 def test_the_wheel_holds_every_module_and_preset_and_names_this_version(tmp_path):
     wheel = build_wheel(tmp_path)
     assert wheel.name == wheel_name() == f"kit-{kit_version()}-py3-none-any.whl"
+    assert wheel_version(wheel) == kit_version()
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"kit/__init__.py", "kit/train.py", "kit/bootstrap.py", "kit/data/tokenize.py"} <= names
     assert {f"kit/configs/{p}.yaml" for p in available_presets()} <= names

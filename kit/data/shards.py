@@ -125,14 +125,14 @@ def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> dict:
     import tempfile
 
     from kit.remote import open_remote_for_push
-    from kit.wheel import build_wheel, kit_version
+    from kit.wheel import build_wheel, wheel_version
 
     remote = open_remote_for_push(push_to, f"--push-to {push_to}")
     remote.ensure_exists(private=private)
     manifest = read_manifest(out_dir)
     with tempfile.TemporaryDirectory(prefix="kit-wheel-") as tmp:
         wheel = build_wheel(tmp)
-        manifest["kit"] = {"version": kit_version(), "wheel": f"{KIT_WHEEL_DIR}/{wheel.name}"}
+        manifest["kit"] = {"version": wheel_version(wheel), "wheel": f"{KIT_WHEEL_DIR}/{wheel.name}"}
         files: dict[str, Path | bytes] = {name: Path(out_dir) / name for name in manifest["files"]}
         files[manifest["kit"]["wheel"]] = wheel
         files[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()  # last: the marker of a whole split
