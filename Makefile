@@ -1,6 +1,6 @@
 # The two commands of the quick start, and the set-up they share.
 #   make demo   # whole pipeline on SmolLM2-135M, CPU, < 20 min: demo-out/report.json
-#   make test   # the test suite
+#   make test   # ruff (format + lint), then the test suite
 # Both build .venv first: torch 2.13.0 (the CPU build on these machines) before
 # anything that depends on torch, so pip never pulls a CUDA build.
 
@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kit-installed
 
-.PHONY: demo test models setup clean
+.PHONY: demo test lint models setup clean
 
 setup: $(STAMP)
 
@@ -28,10 +28,15 @@ models: $(STAMP)
 demo: models
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
 
-test: models
+test: models lint
 	@# pytest exits 5 when it collected nothing: say so, and fail.
 	HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m pytest -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo 'pytest collected no tests: failing' >&2; fi; exit $$rc
+
+# ruff (pinned in the dev extra): the format is checked, never rewritten here; `ruff format .` fixes it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -27,7 +27,12 @@ So it imports nothing from kit and, outside functions, only the standard library
 """
 
 # ---- CELL: the notebooks' install cell is this code, then one install_kit(...) call ----
-import importlib.metadata, json, os, subprocess, sys, tempfile  # noqa: E401
+import importlib.metadata  # noqa: E401
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 EXTRAS_ENV = "KIT_INSTALL_EXTRAS"  # e.g. "gpu": install extras without a CUDA GPU (the tests' 4-bit runs)
@@ -88,18 +93,21 @@ def run_wheel(data: str) -> tuple[str | None, str | None]:
     if not data.startswith("hf://"):
         manifest_path = Path(data) / "manifest.json"
         if not manifest_path.is_file():
-            raise KitInstallError(f"data={data!r}: no manifest.json there to name a kit wheel; set data to the split "
-                                  "(`kit split --out`), or kit_source to a pip spec")
+            raise KitInstallError(
+                f"data={data!r}: no manifest.json there to name a kit wheel; set data to the split "
+                "(`kit split --out`), or kit_source to a pip spec"
+            )
         kit = json.loads(manifest_path.read_text()).get("kit") or {}
         return kit.get("version"), str((Path(data) / kit["wheel"]).resolve()) if kit.get("wheel") else None
-    rest = data[len("hf://"):].strip("/")
-    repo_type, repo_id = ("dataset", rest[len("datasets/"):]) if rest.startswith("datasets/") else ("model", rest)
+    rest = data[len("hf://") :].strip("/")
+    repo_type, repo_id = ("dataset", rest[len("datasets/") :]) if rest.startswith("datasets/") else ("model", rest)
     proc = _python(_FETCH_WHEEL, repo_type, repo_id, tempfile.mkdtemp(prefix="kit-wheel-"), token=platform_secret())
     if proc.returncode != 0:
         raise KitInstallError(
             f"could not read the kit wheel from {data} ({_last_line(proc)}). Without network to the Hub, or "
             "without a token for a private repo (add the HF_TOKEN secret), set kit_source to a wheel file or "
-            "pip spec this runtime can install")
+            "pip spec this runtime can install"
+        )
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     return found["version"], found["wheel"]
 
@@ -129,11 +137,16 @@ def pip_install(spec: str) -> str:
     import torch  # on every runtime already, and kept as it is (pinned above)
 
     extras = install_extras(torch.cuda.is_available())
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints), pip_target(spec, extras)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints), pip_target(spec, extras)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise KitInstallError(f"pip could not install kit from {spec}: {_last_line(proc)}. "
-                              "Set kit_source to a wheel file, a checkout's folder or a git URL this runtime can reach")
+        raise KitInstallError(
+            f"pip could not install kit from {spec}: {_last_line(proc)}. "
+            "Set kit_source to a wheel file, a checkout's folder or a git URL this runtime can reach"
+        )
     return f"{', '.join(extras)} extra" if extras else "no extras"
 
 
@@ -148,8 +161,10 @@ def install_kit(kit_source: str = "", data: str = "") -> None:
         if not data:
             if installed:
                 return _say(f"kit {installed} is installed")
-            raise KitInstallError("kit is not installed and there is no data repo to take its wheel from: "
-                                  "set data (the split that `kit split --push-to` made) or kit_source (a pip spec)")
+            raise KitInstallError(
+                "kit is not installed and there is no data repo to take its wheel from: "
+                "set data (the split that `kit split --push-to` made) or kit_source (a pip spec)"
+            )
         try:
             wanted, spec = run_wheel(data)
         except KitInstallError as err:
@@ -160,14 +175,18 @@ def install_kit(kit_source: str = "", data: str = "") -> None:
         if installed and (wanted is None or wanted == installed):
             return _say(f"kit {installed} is installed" + ("" if wanted is None else f", the version {data} names"))
         if spec is None:
-            raise KitInstallError(f"{data} carries no kit wheel (it was pushed by an older kit): push the split again "
-                                  "with `python -m kit split ... --push-to`, or set kit_source to a pip spec")
+            raise KitInstallError(
+                f"{data} carries no kit wheel (it was pushed by an older kit): push the split again "
+                "with `python -m kit split ... --push-to`, or set kit_source to a pip spec"
+            )
     extras = pip_install(spec)
     importlib.invalidate_caches()
     now = installed_kit_version()
     if now is None:
-        raise KitInstallError(f"kit from {spec} installed, but `import kit.train` still fails: set kit_source to "
-                              "another kit (a wheel file, a checkout's folder or a git URL)")
+        raise KitInstallError(
+            f"kit from {spec} installed, but `import kit.train` still fails: set kit_source to "
+            "another kit (a wheel file, a checkout's folder or a git URL)"
+        )
     note = f"installed kit {now} ({extras}) from {kit_source or data}; torch {importlib.metadata.version('torch')} kept"
     if "kit" in sys.modules and installed:  # this kernel already imported the old kit: it keeps it until a restart
         note += f". This session imported kit {installed} before: restart the runtime, then Run all again"

@@ -29,6 +29,10 @@ import time
 
 from transformers import TrainerCallback
 
+from kit.display import format_duration
+from kit.distributed import gpu_count
+from kit.layout import checkpoint_name
+
 SAFETY_S = 60.0
 """Kept free at the deadline: a log line, the status write, a slow filesystem."""
 CLOCK = time.monotonic
@@ -40,8 +44,17 @@ SAVE_GUESS_S = 30.0
 class SessionBudget(TrainerCallback):
     """Stops training with a checkpoint before `started + seconds` (see the module docstring)."""
 
-    def __init__(self, seconds: float, elapsed_s: float = 0.0, clock=None, warmup_steps: int = 3,
-                 safety_s: float = SAFETY_S, save_guess_s: float = SAVE_GUESS_S, status=None, verbose: bool = True):
+    def __init__(
+        self,
+        seconds: float,
+        elapsed_s: float = 0.0,
+        clock=None,
+        warmup_steps: int = 3,
+        safety_s: float = SAFETY_S,
+        save_guess_s: float = SAVE_GUESS_S,
+        status=None,
+        verbose: bool = True,
+    ):
         """`elapsed_s`: session time already used before this budget was made (setup, data, tokenizing)."""
         self.seconds, self.clock = float(seconds), clock or CLOCK
         self.started = self.clock() - elapsed_s
@@ -60,7 +73,7 @@ class SessionBudget(TrainerCallback):
         """Seconds per step: the mean after warm-up, or (until then) the slowest seen, to err on the safe side."""
         if not self._durations:
             return None
-        steady = self._durations[self.warmup_steps:]
+        steady = self._durations[self.warmup_steps :]
         return sum(steady) / len(steady) if steady else max(self._durations)
 
     def margin_s(self) -> float:
@@ -98,9 +111,12 @@ class SessionBudget(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             if self.verbose and state.is_world_process_zero:
-                print(f"budget: {self.deadline - now:.0f} s left of the session, one step + one save + safety need "
-                      f"{self.margin_s():.0f} s: saving checkpoint-{state.global_step} and stopping "
-                      f"({left} steps left; Run all again in a new session to continue)", flush=True)
+                print(
+                    f"budget: {self.deadline - now:.0f} s left of the session, one step + one save + safety need "
+                    f"{self.margin_s():.0f} s: saving {checkpoint_name(state.global_step)} and stopping "
+                    f"({left} steps left; Run all again in a new session to continue)",
+                    flush=True,
+                )
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -128,12 +144,19 @@ class SessionBudget(TrainerCallback):
         }
         if main and self.verbose:
             e = self.estimate
-            verdict = ("on track" if e["on_track"] else
-                       f"NOT on track: about {e['steps_fit']} of {left} steps fit; it will save and stop near step "
-                       f"{state.global_step + e['steps_fit']}, and the next session continues")
-            print(f"budget: {step_s:.2f} s/step after {self.warmup_steps} warm-up steps; {left} steps left need "
-                  f"~{_hms(eta)}, {_hms(self.deadline - now)} of the session left (margin {self.margin_s():.0f} s): "
-                  f"{verdict}", flush=True)
+            verdict = (
+                "on track"
+                if e["on_track"]
+                else f"NOT on track: about {e['steps_fit']} of {left} steps fit; it will save and stop near step "
+                f"{state.global_step + e['steps_fit']}, and the next session continues"
+            )
+            print(
+                f"budget: {step_s:.2f} s/step after {self.warmup_steps} warm-up steps; {left} steps left need "
+                f"~{format_duration(eta)}, {format_duration(self.deadline - now)} of the session left "
+                f"(margin {self.margin_s():.0f} s): "
+                f"{verdict}",
+                flush=True,
+            )
         if main and self.status is not None:
             self.status.update(budget=self.report())
 
@@ -153,15 +176,14 @@ def _any_rank(flag: bool, args) -> bool:
 def describe_plan(cfg, processes: int | None = None) -> str:
     """`kit plan`'s estimate, before any step is measured: the batch arithmetic and the slowest
     step time with which max_steps still fits the session (the run measures the real one after warm-up)."""
-    from kit.launch import gpu_count
-
     t = cfg.train
     procs = processes or max(gpu_count(), 1)
     global_batch = t.micro_batch_size * t.grad_accum * procs
     lines = [
         f"global batch: micro-batch {t.micro_batch_size} x accumulation {t.grad_accum} x {procs} process(es) "
         f"= {global_batch} examples/step, at most {global_batch * cfg.data.max_length:,} tokens/step",
-        f"checkpoint every {t.save_steps} steps: at most {t.save_steps} steps lost to a crash, none to the session limit",
+        f"checkpoint every {t.save_steps} steps: at most {t.save_steps} steps lost to a crash, "
+        "none to the session limit",
     ]
     if t.session_hours <= 0:
         lines.append(f"session: no time limit; {t.max_steps} steps")
@@ -171,16 +193,14 @@ def describe_plan(cfg, processes: int | None = None) -> str:
     usable = session_s - SAFETY_S - SAVE_GUESS_S * (saves + 1)  # every save, plus the stop's own
     per_step = max(usable / t.max_steps, 0.0)
     lines.append(
-        f"session: {_hms(session_s)}; {t.max_steps} steps finish in one session if a step takes <= {per_step:.2f} s "
+        f"session: {format_duration(session_s)}; {t.max_steps} steps finish in one session if a step takes "
+        f"<= {per_step:.2f} s "
         f"(assuming {SAVE_GUESS_S:.0f} s per save, {SAFETY_S:.0f} s safety); the run measures its step time after "
-        "warm-up, prints steps that fit and ETA, and otherwise saves and stops before the limit (state stopped_for_time)")
+        "warm-up, prints steps that fit and ETA, and otherwise saves and stops before the limit "
+        "(state stopped_for_time)"
+    )
     return "\n".join(lines)
 
 
 def _round(x):
     return None if x is None else round(x, 3)
-
-
-def _hms(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"

@@ -12,7 +12,6 @@ doing without opening its notebook:
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from transformers import TrainerCallback
 
 from kit.checkpoints import mark_complete
 from kit.files import read_json, write_json_atomic
-from kit.progress import loss_history
+from kit.layout import checkpoint_name
+from kit.progress import RunRate, loss_history
 
 STATES = ("running", "done", "stopped_for_time", "failed")
 
@@ -57,7 +57,7 @@ class CheckpointMarker(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            mark_complete(Path(args.output_dir) / checkpoint_name(state.global_step))
 
 
 class StatusCallback(TrainerCallback):
@@ -65,33 +65,28 @@ class StatusCallback(TrainerCallback):
 
     def __init__(self, status: StatusFile):
         self.status = status
-        self._t0 = None
-        self._tokens0 = 0
-        self._step0 = 0
+        self.rate = RunRate()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = time.monotonic()
-        self._tokens0 = state.num_input_tokens_seen
-        self._step0 = state.global_step
+        self.rate.start(state)
         if state.is_world_process_zero:
             self.status.update(state="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or self._t0 is None:
+        if not state.is_world_process_zero or not self.rate.started:
             return
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        steps_done = state.global_step - self._step0
         fields = {
             "state": "running",
             "step": state.global_step,
             "max_steps": state.max_steps,
             "tokens_seen": state.num_input_tokens_seen,
-            "tokens_per_s": round((state.num_input_tokens_seen - self._tokens0) / elapsed, 1),
+            "tokens_per_s": round(self.rate.tokens_per_s(state), 1),
         }
         if logs and "loss" in logs:
             fields["loss"] = round(float(logs["loss"]), 6)
             # From log_history, which a resume restores: the curve in `kit status` survives a restart.
             fields["loss_history"] = loss_history(state.log_history)
-        if steps_done > 0:
-            fields["eta_s"] = round(elapsed / steps_done * (state.max_steps - state.global_step), 1)
+        eta = self.rate.eta_s(state)
+        if eta is not None:
+            fields["eta_s"] = round(eta, 1)
         self.status.update(**fields)

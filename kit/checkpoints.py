@@ -10,17 +10,10 @@ everything is on disk, and resumes only from a marked one.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
-COMPLETE_MARKER = "COMPLETE"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_step(path: Path) -> int | None:
-    m = _CHECKPOINT.match(path.name)
-    return int(m.group(1)) if m else None
+from kit.layout import COMPLETE_MARKER, checkpoint_step
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

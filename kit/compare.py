@@ -2,7 +2,7 @@
 
     evaluator = adapter_evaluator(eval_config("cpu-tiny", [], sources), "shards/", schema=load_schema("s.json"))
     report = merge_and_compare(sources, "merged/", strategy="greedy", evaluator=evaluator)
-    print(format_table(report["results"]))
+    print(format_scores(report["results"]))
     python -m kit merge runs/x/shard-00 runs/x/shard-01 --strategy best --eval-data shards/ --out merged/
 
 Strategies (the math of each merge is kit/merge.py's):
@@ -26,21 +26,35 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from kit.config import kit_cache_dir
+from kit.errors import MergeError
 from kit.files import read_json, write_json_atomic, write_text_atomic
-from kit.remote import is_hub, open_remote_for_push, split_hub_path
-from kit.merge import ADAPTER_CONFIG, ADAPTER_INFO, MERGE_REPORT, Adapter, MergeError, check_compatible, check_merge_destination, load_adapters, merge_adapters, resolve_adapter_dir, sample_count_weights
+from kit.layout import ADAPTER_CONFIG, ADAPTER_INFO, EVAL_FILE, MERGE_REPORT, MODEL_CARD, cache_folder
+from kit.merge import (
+    Adapter,
+    check_compatible,
+    check_merge_destination,
+    load_adapters,
+    merge_adapters,
+    resolve_adapter_dir,
+    sample_count_weights,
+)
+from kit.remote import is_hub, open_remote_for_push, parse_hub, split_hub_path
+from kit.tables import text_table
 
 STRATEGIES = ("average", "weighted", "best", "greedy")
 METRICS = ("eval_loss", "json_valid_rate")
 DEFAULT_TOLERANCE = 0.01
-BEST_RULE = ("lowest eval loss; sources within {tolerance} nats of the lowest are near-ties, broken by the "
-             "higher JSON validity rate (then schema validity rate, then the lower loss)")
-GREEDY_RULE = ("sources sorted by eval loss, lowest first; each next source joins the uniform average only if "
-               "the average's eval loss drops")
+BEST_RULE = (
+    "lowest eval loss; sources within {tolerance} nats of the lowest are near-ties, broken by the "
+    "higher JSON validity rate (then schema validity rate, then the lower loss)"
+)
+GREEDY_RULE = (
+    "sources sorted by eval loss, lowest first; each next source joins the uniform average only if "
+    "the average's eval loss drops"
+)
 
 Evaluator = Callable[[str, "Path | None"], dict]
 
@@ -56,7 +70,9 @@ def load_schema(path: str | Path) -> dict:
         schema = json.loads(Path(path).read_text())
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except (OSError, json.JSONDecodeError, jsonschema.SchemaError) as e:
-        raise MergeError(f"--schema {path}: not a readable JSON Schema ({str(e).splitlines()[0]})") from e
+        raise MergeError(
+            f"schema={str(path)!r}: not a readable JSON Schema ({str(e).splitlines()[0]})", param="schema"
+        ) from e
     return schema
 
 
@@ -74,7 +90,10 @@ def eval_config(preset: str | None, overrides: list[str], sources: list):
         cfg = load_config(preset, overrides)
         if base and cfg.resolved_model_path() != base:
             # Paths differ between machines (a Colab cache vs a local folder), so this is a warning, not an error.
-            print(f"warning: scoring on {cfg.resolved_model_path()} but the adapters were trained on {base}", file=sys.stderr)
+            print(
+                f"warning: scoring on {cfg.resolved_model_path()} but the adapters were trained on {base}",
+                file=sys.stderr,
+            )
         return cfg
     # No preset: the defaults, on the adapters' base, with the overrides checked like any preset's.
     with tempfile.TemporaryDirectory(prefix="kit-eval-") as tmp:
@@ -104,8 +123,14 @@ class AdapterEvaluator:
 
         if self.model is None:
             self.tokenizer, self.model = load_tokenizer(self.cfg), load_base_model(self.cfg)
-        score = lambda: evaluate_model(self.model, self.tokenizer, self.records, self.cfg.eval,  # noqa: E731
-                                       self.cfg.data.max_length, self.schema)
+        score = lambda: evaluate_model(
+            self.model,
+            self.tokenizer,
+            self.records,
+            self.cfg.eval,  # noqa: E731
+            self.cfg.data.max_length,
+            self.schema,
+        )
         if adapter_dir is None:
             if self.loaded == 0:
                 return score()
@@ -139,7 +164,7 @@ class BothBasesEvaluator:
         import copy
 
         full = copy.deepcopy(cfg)
-        full.model.quantize, full.model.load_in_4bit = "none", False
+        full.model.quantize = "none"
         self.quantized = AdapterEvaluator(cfg, eval_data, schema)
         self.full = AdapterEvaluator(full, eval_data, schema)
 
@@ -162,8 +187,14 @@ def pick_best(rows: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) -> st
     """BEST_RULE over `rows` (label -> scores)."""
     lowest = min(r["eval_loss"] for r in rows.values())
     near = [name for name, r in rows.items() if r["eval_loss"] <= lowest + tolerance]
-    return max(near, key=lambda n: (rows[n].get("json_valid_rate", 0.0), rows[n].get("schema_valid_rate", 0.0),
-                                    -rows[n]["eval_loss"]))
+    return max(
+        near,
+        key=lambda n: (
+            rows[n].get("json_valid_rate", 0.0),
+            rows[n].get("schema_valid_rate", 0.0),
+            -rows[n]["eval_loss"],
+        ),
+    )
 
 
 # ---- the strategies ----
@@ -185,71 +216,23 @@ def merge_and_compare(
 ) -> dict:
     """Pick and merge by `strategy`, score everything, write DEST (+ merge_report.json, README.md).
 
-    A local DEST that is a source's adapter, shard or run folder, or a non-empty folder that is no earlier
-    merge output (unless `overwrite`), is refused before anything is scored (merge.check_merge_destination)."""
-    if strategy not in STRATEGIES:
-        raise MergeError(f"--strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if strategy in ("best", "greedy") and evaluator is None:
-        raise MergeError(f"--strategy {strategy} picks by eval scores: pass --eval-data (the split folder with eval.jsonl)")
-    if weights is not None and strategy != "weighted":
-        raise MergeError(f"--weights applies to --strategy weighted, not {strategy}")
-    destination, push_to = str(out), None
-    if is_hub(out):  # merge locally, then push: the token is checked now, before any work
-        repo, folder = split_hub_path(str(out))
-        push_to = (open_remote_for_push(repo, "push the merged adapter"), folder)
-        out = kit_cache_dir() / "merged" / f"{repo[len('hf://'):]}/{folder}".strip("/").replace("/", "--")
+    The steps: check the request, find where to write (a Hub DEST merges in the cache, then
+    pushes), load and check the sources, choose by scoring (`Chooser`), write the merge and its
+    report, push. A local DEST that is a source's adapter, shard or run folder, or a non-empty
+    folder that is no earlier merge output (unless `overwrite`), is refused before anything is
+    scored (merge.check_merge_destination)."""
+    check_request(strategy, weights, evaluator)
+    local, push_to = merge_destination(out)  # a Hub DEST: the token is checked now, before any work
     adapters = load_adapters(sources)
     notes = check_compatible(adapters, method)  # every refusal before anything is scored or written
     if push_to is None:
-        check_merge_destination(out, [a.path for a in adapters], overwrite)
+        check_merge_destination(local, [a.path for a in adapters], overwrite)
     if strategy == "weighted" and weights is None:
         weights = sample_count_weights(adapters)
-    by_name = {a.name: a for a in adapters}
-    candidate_method = "exact" if method == "full" else method  # `full` has the exact adapter's logits (tested)
 
-    results: dict[str, dict] = {}
-    steps: list[dict] = []
-    total = 1 + len(adapters) + {"average": 1, "weighted": 1, "best": 0, "greedy": len(adapters) - 1}[strategy]
-    with tempfile.TemporaryDirectory(prefix="kit-merge-") as staging:
-        progress = _progress(total if evaluator else 0)
-
-        def score(label: str, path: Path | None) -> dict:
-            progress.set_postfix_str(label)
-            results[label] = evaluator(label, path)
-            progress.update(1)
-            return results[label]
-
-        def candidate(label: str, members: list[Adapter], member_weights) -> dict:
-            folder = Path(staging) / f"c{len(steps)}-{len(results)}"
-            merge_adapters(members, folder, member_weights, candidate_method, rank)
-            return score(label, folder)
-
-        if evaluator:
-            score("base", None)
-            for a in adapters:
-                score(a.name, a.path)
-        if strategy in ("average", "weighted"):
-            chosen, final, final_weights = "merged", adapters, weights
-            if evaluator:
-                candidate("merged", adapters, weights)
-        elif strategy == "best":
-            chosen = pick_best({a.name: results[a.name] for a in adapters}, tolerance)
-            final, final_weights = [by_name[chosen]], None
-        else:
-            order = sorted(adapters, key=lambda a: results[a.name]["eval_loss"])
-            soup, current = [order[0]], results[order[0].name]["eval_loss"]
-            chosen = order[0].name
-            for nxt in order[1:]:
-                label = "soup(" + "+".join(a.name for a in soup + [nxt]) + ")"
-                loss = candidate(label, soup + [nxt], None)["eval_loss"]
-                kept = loss < current
-                steps.append({"candidate": label, "eval_loss": loss, "previous": current, "kept": kept})
-                if kept:
-                    soup, current, chosen = soup + [nxt], loss, label
-            final, final_weights = soup, None
-        progress.close()
-
-    record = merge_adapters(final, out, final_weights, method, rank, base_model)
+    chooser = Chooser(adapters, evaluator, method, rank)
+    chosen, final, final_weights = chooser.choose(strategy, weights, tolerance)
+    record = merge_adapters(final, local, final_weights, method, rank, base_model)
     record["strategy"] = strategy
     report = {
         "strategy": strategy,
@@ -262,24 +245,115 @@ def merge_and_compare(
         "eval_data": eval_data,
         "schema": schema,
         "evaluated_as": "the exact adapter (same logits as the full model)" if method == "full" else method,
-        "greedy_steps": steps,
-        "results": results,
+        "greedy_steps": chooser.steps,
+        "results": chooser.results,
     }
-    out = Path(out)
-    write_json_atomic(out / MERGE_REPORT, report)
-    write_text_atomic(out / "README.md", merge_card(report))
+    write_json_atomic(local / MERGE_REPORT, report)
+    write_text_atomic(local / MODEL_CARD, merge_card(report))
     if push_to:
         remote, folder = push_to
         remote.ensure_exists(private=True)
-        remote.commit_folder(out, folder, f"kit merge: {strategy} ({method}) of {len(adapters)} adapters")
-        report["pushed_to"] = destination
-        print(f"pushed the merged adapter to {destination}")
+        remote.commit_folder(local, folder, f"kit merge: {strategy} ({method}) of {len(adapters)} adapters")
+        report["pushed_to"] = str(out)
+        print(f"pushed the merged adapter to {out}")
     return report
 
 
+def check_request(strategy: str, weights, evaluator) -> None:
+    """The strategy exists, has the scores it picks by, and gets weights only where they mean something."""
+    if strategy not in STRATEGIES:
+        raise MergeError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}", param="strategy")
+    if strategy in ("best", "greedy") and evaluator is None:
+        raise MergeError(
+            f"strategy={strategy!r} picks by eval scores: give eval_data (the split folder with {EVAL_FILE})",
+            param="eval_data",
+        )
+    if weights is not None and strategy != "weighted":
+        raise MergeError(
+            f"weights apply to strategy='weighted', not {strategy!r}: leave weights empty", param="weights"
+        )
+
+
+def merge_destination(out: str | Path) -> tuple[Path, tuple | None]:
+    """(the local folder to write, (remote, folder) to push it to or None). A Hub DEST is merged in
+    $KIT_CACHE/merged/USER--REPO--FOLDER first; its token is checked here."""
+    if not is_hub(out):
+        return Path(out), None
+    repo, folder = split_hub_path(str(out))
+    remote = open_remote_for_push(repo, "push the merged adapter")
+    return cache_folder("merged", parse_hub(repo)[1], folder), (remote, folder)
+
+
+class Chooser:
+    """Scores the base, every source and every candidate merge, and picks what to merge by strategy.
+
+    `results` (label -> scores) and `steps` (greedy's accept/reject log) are what the report shows.
+    Without an evaluator nothing is scored and only average/weighted can be chosen."""
+
+    def __init__(self, adapters: list[Adapter], evaluator: Evaluator | None, method: str, rank: int | None):
+        self.adapters, self.evaluator, self.rank = adapters, evaluator, rank
+        self.method = "exact" if method == "full" else method  # `full` has the exact adapter's logits (tested)
+        self.results: dict[str, dict] = {}
+        self.steps: list[dict] = []
+        self._staging = self._progress = None
+
+    def choose(self, strategy: str, weights, tolerance: float) -> tuple[str, list[Adapter], list[float] | None]:
+        """(label of what was chosen, the adapters to merge, their weights)."""
+        extra = {"average": 1, "weighted": 1, "best": 0, "greedy": len(self.adapters) - 1}[strategy]
+        with tempfile.TemporaryDirectory(prefix="kit-merge-") as staging:
+            self._staging = Path(staging)
+            self._progress = _progress(1 + len(self.adapters) + extra if self.evaluator else 0)
+            try:
+                if self.evaluator:
+                    self.score("base", None)
+                    for a in self.adapters:
+                        self.score(a.name, a.path)
+                if strategy in ("average", "weighted"):
+                    if self.evaluator:
+                        self.candidate("merged", self.adapters, weights)
+                    return "merged", self.adapters, weights
+                if strategy == "best":
+                    chosen = pick_best({a.name: self.results[a.name] for a in self.adapters}, tolerance)
+                    return chosen, [a for a in self.adapters if a.name == chosen], None
+                return self.greedy_soup()
+            finally:
+                self._progress.close()
+
+    def score(self, label: str, path: Path | None) -> dict:
+        self._progress.set_postfix_str(label)
+        self.results[label] = self.evaluator(label, path)
+        self._progress.update(1)
+        return self.results[label]
+
+    def candidate(self, label: str, members: list[Adapter], member_weights) -> dict:
+        """Merge `members` into a staging folder and score it."""
+        folder = self._staging / f"c{len(self.steps)}-{len(self.results)}"
+        merge_adapters(members, folder, member_weights, self.method, self.rank)
+        return self.score(label, folder)
+
+    def greedy_soup(self) -> tuple[str, list[Adapter], None]:
+        """GREEDY_RULE: each next-best source joins the uniform average only if the average's eval loss drops."""
+        order = sorted(self.adapters, key=lambda a: self.results[a.name]["eval_loss"])
+        soup, current, chosen = [order[0]], self.results[order[0].name]["eval_loss"], order[0].name
+        for nxt in order[1:]:
+            label = "soup(" + "+".join(a.name for a in soup + [nxt]) + ")"
+            loss = self.candidate(label, soup + [nxt], None)["eval_loss"]
+            kept = loss < current
+            self.steps.append({"candidate": label, "eval_loss": loss, "previous": current, "kept": kept})
+            if kept:
+                soup, current, chosen = soup + [nxt], loss, label
+        return chosen, soup, None
+
+
 def _describe(a: Adapter) -> dict:
-    return {"name": a.name, "path": str(a.path), "r": a.rank, "lora_alpha": a.config.get("lora_alpha"),
-            "use_rslora": bool(a.config.get("use_rslora")), "train_examples": a.info.get("train_examples")}
+    return {
+        "name": a.name,
+        "path": str(a.path),
+        "r": a.rank,
+        "lora_alpha": a.config.get("lora_alpha"),
+        "use_rslora": bool(a.config.get("use_rslora")),
+        "train_examples": a.info.get("train_examples"),
+    }
 
 
 def _progress(total: int):
@@ -292,18 +366,13 @@ def _progress(total: int):
 # ---- showing it ----
 
 
-def format_table(table: dict[str, dict], extra: tuple[str, ...] = ()) -> str:
+def format_scores(table: dict[str, dict], extra: tuple[str, ...] = ()) -> str:
     """Fixed-width text: one row per model, eval loss and validity rates (schema column when scored)."""
     if not table:
-        return "(nothing evaluated: pass --eval-data)"
+        return "(nothing evaluated: give eval data to score the candidates)"
     columns = tuple(_score_columns(table)) + tuple(extra)
-    width = max(len(n) for n in table) + 2
-    widths = [max(18, len(c) + 2) for c in columns]
-    lines = ["model".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, widths))]
-    for name, row in table.items():
-        cells = [("—" if row.get(c) is None else f"{row[c]:.4f}").rjust(w) for c, w in zip(columns, widths)]
-        lines.append(name.ljust(width) + "".join(cells))
-    return "\n".join(lines)
+    rows = [[name] + ["—" if row.get(c) is None else f"{row[c]:.4f}" for c in columns] for name, row in table.items()]
+    return "\n".join(text_table(["model", *columns], rows, right=set(range(1, len(columns) + 1))))
 
 
 def _score_columns(table: dict[str, dict]) -> list[str]:
@@ -317,7 +386,9 @@ def _markdown_results(table: dict[str, dict]) -> str:
     columns = [c for c in _score_columns(table) if any(c in r for r in table.values())]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join("—" if row.get(c) is None else f"{row[c]:.4f}" for c in columns) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join("—" if row.get(c) is None else f"{row[c]:.4f}" for c in columns) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -333,43 +404,75 @@ def merge_card(report: dict) -> str:
     rows = ["| source | path | r | alpha | rsLoRA | weight |", "|---|---|---|---|---|---|"]
     for s in report["sources"]:
         w = weights.get(s["name"])
-        rows.append(f"| {s['name']} | `{s['path']}` | {s['r']} | {s['lora_alpha']} | {s['use_rslora']} | "
-                    + ("not used" if w is None else f"{w:.4f}") + " |")
-    made = [f"Strategy **{report['strategy']}**" + (f": {report['rule']}." if report["rule"] else "."),
-            f"Chosen: **{report['chosen']}**.", "", "\n".join(rows)]
+        rows.append(
+            f"| {s['name']} | `{s['path']}` | {s['r']} | {s['lora_alpha']} | {s['use_rslora']} | "
+            + ("not used" if w is None else f"{w:.4f}")
+            + " |"
+        )
+    made = [
+        f"Strategy **{report['strategy']}**" + (f": {report['rule']}." if report["rule"] else "."),
+        f"Chosen: **{report['chosen']}**.",
+        "",
+        "\n".join(rows),
+    ]
     if report["greedy_steps"]:
         made += ["", "Greedy steps:"] + [
-            f"- {s['candidate']}: eval loss {s['eval_loss']:.4f} vs {s['previous']:.4f} -> {'kept' if s['kept'] else 'rejected'}"
-            for s in report["greedy_steps"]]
-    method = [f"Method **{record['method']}**"
-              + {"exact": ": factors concatenated, the update is exactly the weighted average (rank = sum of ranks).",
-                 "full": ": the exact average added to the base weights in fp32; a full model, not an adapter.",
-                 "svd": f": the exact average truncated to rank {record['rank']} per module by SVD.",
-                 "linear": ": PEFT-style factor averaging. A BASELINE ONLY: it is not the average of the updates."
-                 }[record["method"]],
-              f"Relative Frobenius error ||dW - dW*|| / ||dW*|| against the exact average: overall "
-              f"{record['relative_error']:.3g}, worst module {record['max_module_error']:.3g}."]
+            f"- {s['candidate']}: eval loss {s['eval_loss']:.4f} vs {s['previous']:.4f} -> "
+            + ("kept" if s["kept"] else "rejected")
+            for s in report["greedy_steps"]
+        ]
+    method = [
+        f"Method **{record['method']}**"
+        + {
+            "exact": ": factors concatenated, the update is exactly the weighted average (rank = sum of ranks).",
+            "full": ": the exact average added to the base weights in fp32; a full model, not an adapter.",
+            "svd": f": the exact average truncated to rank {record['rank']} per module by SVD.",
+            "linear": ": PEFT-style factor averaging. A BASELINE ONLY: it is not the average of the updates.",
+        }[record["method"]],
+        f"Relative Frobenius error ||dW - dW*|| / ||dW*|| against the exact average: overall "
+        f"{record['relative_error']:.3g}, worst module {record['max_module_error']:.3g}.",
+    ]
     if "retained_energy" in record:
-        method.append(f"Retained energy: mean {record['retained_energy']['mean']:.4f}, min {record['retained_energy']['min']:.4f}.")
+        method.append(
+            f"Retained energy: mean {record['retained_energy']['mean']:.4f}, "
+            f"min {record['retained_energy']['min']:.4f}."
+        )
     method += [f"- {n}" for n in report["compatibility_notes"]]
     sections = [("How it was made", "\n".join(made)), ("Merge method and error", "\n".join(method))]
     if report["results"]:
-        sections.append(("Evaluation", f"On `{report['eval_data']}`" + (f", schema `{report['schema']}`" if report["schema"] else "")
-                         + f"; merge candidates evaluated as {report['evaluated_as']}.\n\n" + _markdown_results(report["results"])))
+        sections.append(
+            (
+                "Evaluation",
+                f"On `{report['eval_data']}`"
+                + (f", schema `{report['schema']}`" if report["schema"] else "")
+                + f"; merge candidates evaluated as {report['evaluated_as']}.\n\n"
+                + _markdown_results(report["results"]),
+            )
+        )
     if record["method"] != "full":
-        sections.append(("How to load", "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
-                         f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), 'PATH_OR_REPO')\n```"))
+        sections.append(
+            (
+                "How to load",
+                "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+                "model = PeftModel.from_pretrained(\n"
+                f"    AutoModelForCausalLM.from_pretrained({base!r}), 'PATH_OR_REPO'\n)\n```",
+            )
+        )
     return render_model_card(
-        {"base_model": hub_base, "library_name": "transformers" if record["method"] == "full" else "peft",
-         "tags": ["kit", "lora", "merge", report["strategy"]]},
-        title=f"kit merged {'model' if record['method'] == 'full' else 'adapter'} ({report['strategy']}, {record['method']})",
+        {
+            "base_model": hub_base,
+            "library_name": "transformers" if record["method"] == "full" else "peft",
+            "tags": ["kit", "lora", "merge", report["strategy"]],
+        },
+        title=f"kit merged {'model' if record['method'] == 'full' else 'adapter'} "
+        f"({report['strategy']}, {record['method']})",
         sections=sections,
     )
 
 
 def plot_comparison(table: dict[str, dict], path: str | Path) -> Path | None:
     """Bar charts of eval loss and validity rates, saved as a PNG; None when matplotlib isn't installed."""
-    from kit.progress import optional_package
+    from kit.display import optional_package
 
     if not optional_package("matplotlib", "the score plot (the table holds the same numbers)"):
         return None
@@ -377,6 +480,7 @@ def plot_comparison(table: dict[str, dict], path: str | Path) -> Path | None:
 
     matplotlib.use("Agg")  # headless (papermill, CI); notebooks still display the saved PNG
     import matplotlib.pyplot as plt
+
     columns = [c for c in ("eval_loss", "json_valid_rate", "schema_valid_rate") if any(c in r for r in table.values())]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.5 * len(table) + 1.5), squeeze=False)
     names = list(table)

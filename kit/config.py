@@ -23,33 +23,44 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from kit.errors import ConfigError
+from kit.layout import kit_cache_dir
 
-class ConfigError(ValueError):
-    """A preset or override is not valid; the message lists every problem."""
+PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+PRECISIONS = ("auto", *PRECISION_DTYPE)
+QUANTIZATIONS = ("auto", "nf4", "none")
+# Older spellings, refused with the one key that replaced them (one spelling per knob).
+RENAMED = {
+    "model.dtype": "train.precision (fp32 | fp16 | bf16 | auto): it sets the weights' dtype and mixed precision",
+    "train.fp16": "train.precision=fp16",
+    "train.bf16": "train.precision=bf16",
+    "model.load_in_4bit": "model.quantize=nf4 (or none, or auto)",
+}
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     name_or_path: str = "${KIT_CACHE}/models/tiny-smollm2"
     """Local folder or Hub id of the base model. `${KIT_CACHE}` is ~/.cache/kit unless set."""
     revision: str = "main"
     """Hub revision of the base model (recorded in the adapter for the merge's compatibility check)."""
-    dtype: str = "float32"
-    """Weights' dtype: float32 | bfloat16 | float16."""
-    load_in_4bit: bool = False
-    """QLoRA: NF4 4-bit base weights with double quantization (needs bitsandbytes; CUDA, or CPU with fp32 compute)."""
     attn_implementation: str = "sdpa"
     """auto | sdpa | eager | flash_attention_2 | kit_packed_sdpa (kit/attention.py: sdpa that runs a
     padding-free row example by example, without transformers' T x T mask; auto picks it for
     data.padding_free without FlashAttention-2)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% slower."""
-    quantize: str = ""
-    """auto | nf4 | none: auto picks nf4 (QLoRA) on CUDA with bitsandbytes (kit/platform.py); "" = load_in_4bit decides."""
+    quantize: str = "none"
+    """none | nf4 | auto. nf4 is QLoRA: NF4 4-bit base weights with double quantization (bitsandbytes; CUDA,
+    or CPU with fp32 compute). auto picks nf4 on CUDA with bitsandbytes installed (kit/platform.py)."""
+
+    @property
+    def load_in_4bit(self) -> bool:
+        return self.quantize == "nf4"
 
 
 @dataclass
-class LoraConfig:
+class LoraSection:
     r: int = 16
     """Adapter rank: higher fits more, costs memory and merge size."""
     alpha: int = 32
@@ -64,7 +75,7 @@ class LoraConfig:
 
 
 @dataclass
-class DataConfig:
+class DataSection:
     max_length: int = 1024
     """Tokens per example; longer examples are cut at the end (dropped if no answer token is left)."""
     last_turn_only: bool = False
@@ -77,7 +88,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainSection:
     max_steps: int = 100
     """Optimizer steps for the shard."""
     save_steps: int = 20
@@ -96,19 +107,33 @@ class TrainConfig:
     weight_decay: float = 0.0
     optim: str = "adamw_torch"
     """adamw_torch | paged_adamw_8bit | adamw_8bit (bitsandbytes; paging only helps on CUDA) | auto | ..."""
-    fp16: bool = False
-    bf16: bool = False
-    precision: str = ""
-    """auto | fp32 | fp16 | bf16: sets model.dtype, fp16 and bf16 together; auto asks the GPU (kit/platform.py); "" = those keys as written."""
+    precision: str = "fp32"
+    """fp32 | fp16 | bf16 | auto: the base weights' dtype and the Trainer's mixed precision together;
+    auto asks the GPU (kit/platform.py)."""
     session_hours: float = 0.0
-    """Session time limit: stop cleanly (checkpoint saved, state stopped_for_time) before it; 0 = none (kit/budget.py)."""
+    """Session time limit: stop cleanly (checkpoint saved, state stopped_for_time) before it; 0 = none
+    (kit/budget.py)."""
     logging_steps: int = 1
     save_total_limit: int = 2
     """Local checkpoints kept; older ones are deleted after a newer one is complete."""
 
+    # What the Trainer and the model loader read, derived from the one knob (after kit/platform.py resolved auto).
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    @property
+    def dtype(self) -> str:
+        """The base weights' torch dtype name: float32 | float16 | bfloat16."""
+        return PRECISION_DTYPE.get(self.precision, "float32")
+
 
 @dataclass
-class EvalConfig:
+class EvalSection:
     max_samples: int = 0
     """Eval examples used for the eval loss; 0 = all of the eval split."""
     generate_samples: int = 32
@@ -119,11 +144,11 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     preset: str = ""
     """Where this config came from (set by load_config)."""
 
@@ -139,11 +164,6 @@ class RunConfig:
 
 
 SECTIONS = ("model", "lora", "data", "train", "eval")
-
-
-def kit_cache_dir() -> Path:
-    """$KIT_CACHE, or ~/.cache/kit: prepared demo models and tokenized data live here."""
-    return Path(os.environ.get("KIT_CACHE") or Path.home() / ".cache" / "kit")
 
 
 def expand_path(value: str) -> str:
@@ -183,7 +203,9 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
         path = presets_dir() / f"{preset}.yaml"
         if not path.is_file():
             names = ", ".join(available_presets())
-            raise ConfigError(f"unknown preset {preset!r}: use one of {names}, or the path of a YAML file")
+            raise ConfigError(
+                f"unknown preset {preset!r}: use one of {names}, or the path of a YAML file", param="preset"
+            )
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a preset is a mapping of sections (model, lora, data, train, eval)")
@@ -219,8 +241,6 @@ def validate(cfg: RunConfig) -> list[str]:
             errors.append(f"train.{key}={getattr(t, key)}: must be at least 1")
     if t.lr <= 0:
         errors.append(f"train.lr={t.lr}: must be positive")
-    if t.fp16 and t.bf16:
-        errors.append("train.fp16 and train.bf16 are both true: choose one")
     if cfg.lora.r < 1:
         errors.append(f"lora.r={cfg.lora.r}: must be at least 1")
     if not 0 <= cfg.lora.dropout < 1:
@@ -228,20 +248,22 @@ def validate(cfg: RunConfig) -> list[str]:
     if cfg.data.max_length < 8:
         errors.append(f"data.max_length={cfg.data.max_length}: must be at least 8")
     if cfg.data.padding_free and cfg.data.group_by_length:
-        errors.append("data.padding_free and data.group_by_length are both true: packing needs no length grouping; choose one")
+        errors.append(
+            "data.padding_free and data.group_by_length are both true: packing needs no length grouping; choose one"
+        )
     if t.max_tokens_per_batch and t.max_tokens_per_batch < cfg.data.max_length:
         errors.append(
             f"train.max_tokens_per_batch={t.max_tokens_per_batch} is below data.max_length={cfg.data.max_length}: "
             "the longest example would not fit; raise it or lower data.max_length"
         )
-    for key, value, allowed in (("train.precision", t.precision, ("", "auto", "fp32", "fp16", "bf16")),
-                                ("model.quantize", cfg.model.quantize, ("", "auto", "nf4", "none"))):
+    for key, value, allowed in (
+        ("train.precision", t.precision, PRECISIONS),
+        ("model.quantize", cfg.model.quantize, QUANTIZATIONS),
+    ):
         if value not in allowed:
-            errors.append(f"{key}={value!r}: use one of {', '.join(allowed[1:])} (or leave it empty)")
+            errors.append(f"{key}={value!r}: use one of {', '.join(allowed)}")
     if t.session_hours < 0:
         errors.append(f"train.session_hours={t.session_hours}: must be 0 (no limit) or positive")
-    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
-        errors.append(f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     return errors
 
 
@@ -252,6 +274,9 @@ def _unknown(key: str, valid, where: str) -> str:
 
 
 def _assign(cfg: RunConfig, dotted: str, value: Any, errors: list[str], where: str) -> None:
+    if dotted in RENAMED:
+        errors.append(f"{where}: {dotted} is no longer a key: use {RENAMED[dotted]}")
+        return
     parts = dotted.split(".")
     if len(parts) != 2 or parts[0] not in SECTIONS:
         all_keys = [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]

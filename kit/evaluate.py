@@ -24,6 +24,7 @@ import torch
 from kit.collator import IGNORE_INDEX, SFTCollator
 from kit.data.records import to_messages
 from kit.data.tokenize import NoTrainableTokens, encode_conversation, encode_prompt
+from kit.errors import DataError
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
@@ -85,7 +86,11 @@ def eval_loss(model, tokenizer, conversations: list[list[dict]], max_length: int
         except NoTrainableTokens:
             continue  # the same examples the training set would drop
     if not encoded:
-        raise ValueError("no eval example has an assistant token within data.max_length")
+        raise DataError(
+            "no eval example has an assistant token within data.max_length: raise data.max_length, "
+            "or give eval records with shorter prompts",
+            param="data.max_length",
+        )
     collate = SFTCollator(tokenizer)
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -148,7 +153,9 @@ def generate_answers(
     return answers
 
 
-def evaluate_model(model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int, schema: dict | None = None) -> dict:
+def evaluate_model(
+    model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int, schema: dict | None = None
+) -> dict:
     """eval_loss, json_valid_rate (and schema_valid_rate with a schema) and the generations, on the eval split."""
     conversations = [to_messages(r) for r in eval_records]
     loss_set = conversations[: eval_cfg.max_samples] if eval_cfg.max_samples else conversations

@@ -1,19 +1,69 @@
-"""Small file writes that are never seen half-done: write to a temp name, then rename."""
+"""File and folder writes that are never seen half-done: write beside under a temp name, then rename.
+
+    write_json_atomic(path, data)            # status, metrics, pointers
+    copy_file_atomic(src, dst)               # a folder remote's commit
+    with folder_written_whole(final) as tmp: # an adapter, a pulled checkpoint, a tokenized cache
+        model.save_pretrained(tmp)
+
+A rename within one filesystem is atomic on POSIX: a reader (or a process killed
+mid-write and restarted) sees the old file or folder or the new one, never half.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_beside(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+
+
+def copy_file_atomic(src: str | Path, dst: str | Path) -> None:
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(dst)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+@contextmanager
+def folder_written_whole(final: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temp folder beside `final`; when the block ends without error it becomes `final`.
+
+    replace=False keeps an existing `final` (another process wrote the same content first) and drops
+    the new copy. On an error the temp folder is removed and `final` is untouched."""
+    final = Path(final)
+    tmp = _temp_beside(final)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if replace:
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if replace or not final.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # not replacing: the copy already there is kept
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -19,12 +19,9 @@ from __future__ import annotations
 import os
 
 from kit.bootstrap import platform_secret  # one reader of the secrets, shared with the install cell
+from kit.errors import MissingTokenError
 
 TOKEN_NAME = "HF_TOKEN"
-
-
-class MissingTokenError(RuntimeError):
-    """A Hub write was asked for and no token was found in any source."""
 
 
 def _login_token() -> str | None:
@@ -41,15 +38,6 @@ def find_token() -> str | None:
         if token and token.strip():
             return token.strip()
     return None
-
-
-def runtime_name() -> str:
-    """colab, kaggle or local: recorded in status.json so a fleet view shows where each shard runs."""
-    if "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ:
-        return "colab"
-    if "KAGGLE_KERNEL_RUN_TYPE" in os.environ or "KAGGLE_URL_BASE" in os.environ:
-        return "kaggle"
-    return "local"
 
 
 def missing_token_message(purpose: str) -> str:

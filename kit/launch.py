@@ -1,4 +1,4 @@
-"""One process per GPU: build and run the torchrun command that trains a shard under DDP, and rank helpers.
+"""One process per GPU: build and run the torchrun command that trains a shard under DDP.
 
     torchrun --standalone --nproc_per_node 2 -m kit train --preset kaggle-t4x2 --data D --shard 0 --output O
     metrics = launch_shard(2, "kaggle-t4x2", ["train.max_steps=500"], "shards", 0, "runs/x")   # the same, from Python
@@ -6,7 +6,7 @@
 The notebook uses `launch_shard` when more than one GPU is visible (Kaggle T4 x2);
 every rank runs the same `kit train`, the Trainer wraps the model in DDP and
 splits each global batch across the ranks. Only rank 0 saves, pushes, writes
-status/metrics and prints (`is_main_process`, `print0`); the Trainer itself
+status/metrics and prints (kit/distributed.py); the Trainer itself
 writes one `rng_state_R.pth` per rank into each checkpoint so a resume restores
 every rank's dropout stream. One machine only (`--standalone`).
 
@@ -20,44 +20,42 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+from kit.errors import LaunchError
+from kit.files import read_json
+from kit.layout import ShardPaths
+from kit.remote import default_work_dir, is_hub, open_remote
 
 
-def is_main_process() -> bool:
-    return rank() == 0
-
-
-def print0(*args, **kwargs) -> None:
-    """print on rank 0 only: one log, not one per GPU."""
-    if is_main_process():
-        print(*args, **kwargs)
-
-
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op outside torchrun)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def torchrun_command(nproc: int, preset: str, data: str, shard: int, output: str, overrides=(),
-                     time_limit_s: float | None = None, work_dir: str | None = None) -> list[str]:
+def torchrun_command(
+    nproc: int,
+    preset: str,
+    data: str,
+    shard: int,
+    output: str,
+    overrides=(),
+    time_limit_s: float | None = None,
+    work_dir: str | None = None,
+) -> list[str]:
     """The argv that trains one shard on `nproc` processes of this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "kit", "train", "--preset", preset, "--data", str(data), "--shard", str(shard), "--output", str(output)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "kit",
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        str(data),
+        "--shard",
+        str(shard),
+        "--output",
+        str(output),
+    ]
     for item in overrides:
         cmd += ["--set", item]
     if time_limit_s:
@@ -67,28 +65,32 @@ def torchrun_command(nproc: int, preset: str, data: str, shard: int, output: str
     return cmd
 
 
-def launch_shard(nproc: int, preset: str, overrides, data: str, shard: int, output: str,
-                 time_limit_s: float | None = None, work_dir: str | None = None, env: dict | None = None) -> dict:
+def launch_shard(
+    nproc: int,
+    preset: str,
+    overrides,
+    data: str,
+    shard: int,
+    output: str,
+    time_limit_s: float | None = None,
+    work_dir: str | None = None,
+    env: dict | None = None,
+) -> dict:
     """Run the torchrun command, echoing its output line by line (a notebook shows a child's output only
     if it is read and printed); return the shard's metrics (partial ones if it stopped for time)."""
-    from kit.files import read_json
-    from kit.remote import default_work_dir, is_hub
-    from kit.train import shard_dir
-
     cmd = torchrun_command(nproc, preset, data, shard, output, overrides, time_limit_s, work_dir)
     print("launching:", " ".join(cmd[1:]), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     for line in proc.stdout:
         print(line, end="", flush=True)
     if proc.wait() != 0:
-        raise RuntimeError(f"torchrun exited with {proc.returncode}; its output is above")
+        raise LaunchError(f"torchrun exited with {proc.returncode}; its output is above")
     local = Path(work_dir) if work_dir else (default_work_dir(str(output)) if is_hub(str(output)) else Path(output))
-    run_dir = shard_dir(local, shard)
-    metrics = read_json(run_dir / "metrics.json") or read_json(run_dir / "metrics.partial.json")
+    paths = ShardPaths(local, shard)
+    metrics = read_json(paths.metrics) or read_json(paths.partial_metrics)
     if metrics is None and is_hub(str(output)):
         # Done on the Hub before this machine started: rank 0 returned the remote metrics and wrote nothing here.
-        from kit.remote import open_remote
-
-        metrics = open_remote(str(output)).read_json(f"{run_dir.name}/metrics.json")
+        metrics = open_remote(str(output)).read_json(str(ShardPaths.in_repo(shard).metrics))
     return metrics or {}

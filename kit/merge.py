@@ -41,26 +41,32 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from kit.errors import MergeError
 from kit.files import read_json, write_json_atomic
+from kit.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_INFO,
+    ADAPTER_WEIGHTS,
+    MERGE_INFO,
+    MERGE_REPORT,
+    METRICS,
+    adapter_label,
+    cache_folder,
+    shard_dirs,
+    shard_index,
+)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_INFO = "kit_adapter.json"  # written beside the adapter by kit/train.py (save_adapter)
 METHODS = ("exact", "full", "svd", "linear")
 PEFT_PREFIX = "base_model.model."
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A: r x in, B: out x r)
-
-
-class MergeError(ValueError):
-    """The adapters can't be merged as asked; the message lists every reason and the fix."""
 
 
 @dataclass
@@ -91,17 +97,13 @@ def resolve_adapter_dir(source: str | Path) -> Path:
     from kit.remote import is_hub
 
     path = _download_hub_adapter(str(source)) if is_hub(source) else Path(source)
-    for candidate in (path, path / "adapter"):
+    for candidate in (path, path / ADAPTER_DIR):
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
     raise MergeError(
-        f"{source}: no {ADAPTER_CONFIG} here or in {path / 'adapter'}; pass a shard folder whose training is done "
+        f"{source}: no {ADAPTER_CONFIG} here or in {path / ADAPTER_DIR}; pass a shard folder whose training is done "
         "(it holds adapter/) or an adapter folder"
     )
-
-
-MERGE_REPORT = "merge_report.json"  # written by kit/compare.py into every merge output: marks a folder as one
-_SHARD_FOLDER = re.compile(r"shard-\d+")
 
 
 def check_merge_destination(out: str | Path, adapter_dirs: list[Path], overwrite: bool = False) -> None:
@@ -115,51 +117,54 @@ def check_merge_destination(out: str | Path, adapter_dirs: list[Path], overwrite
     protected: dict[Path, str] = {}
     for adapter in (Path(a).resolve() for a in adapter_dirs):
         protected.setdefault(adapter, "a source adapter")
-        shard = adapter.parent if adapter.name == "adapter" else adapter
-        if _SHARD_FOLDER.fullmatch(shard.name):
+        shard = adapter.parent if adapter.name == ADAPTER_DIR else adapter
+        if shard_index(shard.name) is not None:
             protected.setdefault(shard, "a source's shard folder")
             protected.setdefault(shard.parent, "the run folder of a source")
     for folder, what in protected.items():
         if target == folder or folder in target.parents:
             where = "is" if target == folder else "lies inside"
-            raise MergeError(f"--out {out} {where} {what} ({folder}): the merge would overwrite or mix with what "
-                             "training saved there. Choose a folder outside the run, e.g. --out merged/")
+            raise MergeError(
+                f"out={str(out)!r} {where} {what} ({folder}): the merge would overwrite or mix with "
+                "what training saved there. Choose a folder outside the run, e.g. out='merged/'",
+                param="out",
+            )
     if target.is_dir() and any(target.iterdir()) and not (target / MERGE_REPORT).is_file() and not overwrite:
-        raise MergeError(f"--out {out} holds other files and is not an earlier merge output (no {MERGE_REPORT}): "
-                         "choose a new or empty folder, or pass --overwrite to write into it anyway")
+        raise MergeError(
+            f"out={str(out)!r} holds other files and is not an earlier merge output (no {MERGE_REPORT}): "
+            "choose a new or empty folder, or set overwrite to write into it anyway",
+            param=("out", "overwrite"),
+        )
 
 
 def _download_hub_adapter(source: str) -> Path:
     """Fetch only the adapter's files (not the shard's checkpoints) of an hf:// SOURCE."""
-    from kit.config import kit_cache_dir
-    from kit.remote import open_remote, split_hub_path
+    from kit.remote import open_remote, parse_hub, split_hub_path
 
     repo, sub = split_hub_path(source)
     remote = open_remote(repo)
-    candidates = [f"{sub}/adapter", sub] if sub else ["adapter", ""]
+    candidates = [f"{sub}/{ADAPTER_DIR}", sub] if sub else [ADAPTER_DIR, ""]
     for folder in candidates:
         prefix = f"{folder}/" if folder else ""
         listing = remote.list_files(folder)
         if f"{prefix}{ADAPTER_CONFIG}" in listing:
-            local = kit_cache_dir() / "adapters" / repo[len("hf://"):].replace("/", "--")
-            files = [f for f in listing if f.startswith(prefix) and "/" not in f[len(prefix):]]
+            local = cache_folder("adapters", parse_hub(repo)[1])
+            files = [f for f in listing if f.startswith(prefix) and "/" not in f[len(prefix) :]]
             remote.download(files, local)
             return local / folder
-    raise MergeError(f"{source}: no {ADAPTER_CONFIG} in {sub or 'the repo root'} or its adapter/ folder on the Hub; "
-                     "is that shard done? (`python -m kit status` shows it)")
-
-
-def source_label(adapter_dir: Path) -> str:
-    """`shard-03` for RUN/shard-03/adapter, the folder name for a bare adapter folder."""
-    return adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name
+    raise MergeError(
+        f"{source}: no {ADAPTER_CONFIG} in {sub or 'the repo root'} or its adapter/ folder on the Hub; "
+        "is that shard done? (`python -m kit status` shows it)"
+    )
 
 
 def find_shard_adapters(run: str | Path) -> list[Path]:
     """The finished adapters of a run folder, shard by shard: RUN/shard-II/adapter."""
-    found = sorted(Path(run).glob("shard-[0-9][0-9]/adapter"))
-    found = [p for p in found if (p / ADAPTER_CONFIG).is_file()]
+    found = [d / ADAPTER_DIR for d in shard_dirs(run) if (d / ADAPTER_DIR / ADAPTER_CONFIG).is_file()]
     if not found:
-        raise MergeError(f"{run}: no finished shard (shard-II/adapter/); train the shards first, or pass adapter folders")
+        raise MergeError(
+            f"{run}: no finished shard (shard-II/adapter/); train the shards first, or pass adapter folders"
+        )
     return found
 
 
@@ -194,7 +199,7 @@ def load_adapters(sources: list) -> list[Adapter]:
             adapters.append(source)
             continue
         path = resolve_adapter_dir(source)
-        name = source_label(path)
+        name = adapter_label(path)
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}-{seen[name]}"  # two folders called `adapter-x` still get two table rows
@@ -207,7 +212,7 @@ def load_adapters(sources: list) -> list[Adapter]:
 def check_compatible(adapters: list[Adapter], method: str = "exact") -> list[str]:
     """Raise MergeError listing every problem at once; return notes (differences that merge fine)."""
     if method not in METHODS:
-        raise MergeError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+        raise MergeError(f"method={method!r} is not one of {', '.join(METHODS)}", param="method")
     problems, notes = [], []
     first = adapters[0]
     for a in adapters:
@@ -216,11 +221,15 @@ def check_compatible(adapters: list[Adapter], method: str = "exact") -> list[str
             problems.append(f"{a.name}: peft_type {c.get('peft_type')!r} is not LORA")
             continue
         if c.get("use_dora"):
-            problems.append(f"{a.name}: DoRA adapters rescale each weight by a learned magnitude; their update is "
-                            "not B @ A, so no average of them is exact. Retrain with use_dora off to merge")
+            problems.append(
+                f"{a.name}: DoRA adapters rescale each weight by a learned magnitude; their update is "
+                "not B @ A, so no average of them is exact. Retrain with use_dora off to merge"
+            )
         if c.get("bias", "none") != "none":
-            problems.append(f"{a.name}: bias={c['bias']!r} trains base biases too; merging them is not supported, "
-                            "retrain with bias='none'")
+            problems.append(
+                f"{a.name}: bias={c['bias']!r} trains base biases too; merging them is not supported, "
+                "retrain with bias='none'"
+            )
         if c.get("rank_pattern") or c.get("alpha_pattern"):
             problems.append(f"{a.name}: per-module rank_pattern/alpha_pattern is not supported by the merge yet")
         for key in ("base_model_name_or_path", "revision", "target_modules", "task_type"):
@@ -231,8 +240,10 @@ def check_compatible(adapters: list[Adapter], method: str = "exact") -> list[str
                 problems.append(f"{a.name}: {key}={c.get(key)!r} differs from {first.name}'s {first.config.get(key)!r}")
         # kit records the base's Hub revision beside the adapter; PEFT's own field is often null.
         if a.info.get("revision", "main") != first.info.get("revision", "main"):
-            problems.append(f"{a.name}: base revision {a.info.get('revision')!r} ({ADAPTER_INFO}) differs from "
-                            f"{first.name}'s {first.info.get('revision')!r}")
+            problems.append(
+                f"{a.name}: base revision {a.info.get('revision')!r} ({ADAPTER_INFO}) differs from "
+                f"{first.name}'s {first.info.get('revision')!r}"
+            )
         if first.config.get("peft_type") == "LORA" and set(a.factors) != set(first.factors):
             odd = sorted(set(a.factors) ^ set(first.factors))
             problems.append(f"{a.name}: adapts modules {odd[:3]}... that {first.name} doesn't (or the reverse)")
@@ -243,8 +254,10 @@ def check_compatible(adapters: list[Adapter], method: str = "exact") -> list[str
         values = {a.name: a.config.get(key) for a in adapters if a.config.get("peft_type") == "LORA"}
         if len(set(values.values())) > 1:
             if key == "r" and method == "linear":
-                problems.append(f"--method linear averages factors, so it needs equal ranks; ranks are {values}. "
-                                "Use --method exact (the default) or svd")
+                problems.append(
+                    f"method='linear' averages factors, so it needs equal ranks; ranks are {values}. "
+                    "Use method='exact' (the default) or 'svd'"
+                )
             else:
                 notes.append(f"mixed {what} {values}: merged exactly (each adapter's scaling goes into its B)")
     if problems:
@@ -265,17 +278,30 @@ def normalise_weights(weights: list[float] | None, n: int) -> list[float]:
     return [w / total for w in weights]
 
 
+def parse_weights(text: str | None) -> list[float] | None:
+    """`"3,1"` -> [3.0, 1.0] (the CLI's --weights and the merge notebook's `weights`); empty -> None."""
+    if not text or not str(text).strip():
+        return None
+    try:
+        return [float(w) for w in str(text).split(",")]
+    except ValueError:
+        raise MergeError(f"weights={text!r}: give numbers separated by commas, e.g. '3,1'", param="weights") from None
+
+
 def sample_count_weights(adapters: list[Adapter]) -> list[float]:
     """Each adapter's training examples: kit_adapter.json's train_examples, else the shard's metrics.json."""
     counts, missing = [], []
     for a in adapters:
-        count = a.info.get("train_examples") or read_json(a.path.parent / "metrics.json", {}).get("train_examples")
+        count = a.info.get("train_examples") or read_json(a.path.parent / METRICS, {}).get("train_examples")
         if not count:
             missing.append(a.name)
         counts.append(count)
     if missing:
-        raise MergeError(f"no sample count for {missing} (no train_examples in {ADAPTER_INFO} or ../metrics.json); "
-                         "pass --weights w1,w2,... instead")
+        raise MergeError(
+            f"no sample count for {missing} (no train_examples in {ADAPTER_INFO} or ../{METRICS}); "
+            "give weights (one per source) instead",
+            param="weights",
+        )
     return [float(c) for c in counts]
 
 
@@ -351,8 +377,10 @@ def relative_errors(approx: Factors, exact: Factors) -> dict:
 def _check_finite(factors: Factors, names: list[str]) -> None:
     for module, (a, b) in factors.items():
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise MergeError(f"NaNs detected in the merged weights of {module}: one of {names} seems broken "
-                             "(or the weights are extreme); nothing was written")
+            raise MergeError(
+                f"NaNs detected in the merged weights of {module}: one of {names} seems broken "
+                "(or the weights are extreme); nothing was written"
+            )
 
 
 # ---- writing the result ----
@@ -415,7 +443,7 @@ def merge_adapters(
     if method == "svd":
         rank = rank or max(a.rank for a in adapters)
         if rank < 1:
-            raise MergeError(f"--rank {rank}: the svd rank must be at least 1")
+            raise MergeError(f"rank={rank}: the svd rank must be at least 1", param="rank")
         result, svd_stats = svd_factors(exact, rank)
     elif method == "linear":
         result = linear_factors(adapters, norm)
@@ -451,7 +479,10 @@ def merge_adapters(
     }
     if svd_stats is not None:
         energy = [s["retained_energy"] for s in svd_stats.values()]
-        record["retained_energy"] = {"min": min(energy), "mean": sum(energy) / len(energy),
-                                     "per_module": {m.removeprefix(PEFT_PREFIX): s["retained_energy"] for m, s in svd_stats.items()}}
-    write_json_atomic(out / "merge_info.json", record)
+        record["retained_energy"] = {
+            "min": min(energy),
+            "mean": sum(energy) / len(energy),
+            "per_module": {m.removeprefix(PEFT_PREFIX): s["retained_energy"] for m, s in svd_stats.items()},
+        }
+    write_json_atomic(out / MERGE_INFO, record)
     return record

@@ -16,12 +16,9 @@ from pathlib import Path
 import torch
 
 from kit.config import RunConfig
+from kit.errors import ModelNotFound
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelNotFound(FileNotFoundError):
-    pass
 
 
 def _model_path(cfg: RunConfig) -> str:
@@ -33,7 +30,8 @@ def _model_path(cfg: RunConfig) -> str:
         raise ModelNotFound(
             f"model.name_or_path={cfg.model.name_or_path!r} -> {path} does not exist. "
             "The demo models are made by `python scripts/prepare_models.py` (make demo and make test run it); "
-            "or set model.name_or_path to a Hub model id."
+            "or set model.name_or_path to a Hub model id.",
+            param="model.name_or_path",
         )
     return path
 
@@ -55,7 +53,7 @@ def load_base_model(cfg: RunConfig):
     from kit.platform import resolve_platform
 
     resolve_platform(cfg)  # a preset's `auto` knobs, if no caller resolved them yet (a no-op when none are left)
-    kwargs = {"dtype": DTYPES[cfg.model.dtype], "attn_implementation": cfg.model.attn_implementation}
+    kwargs = {"dtype": DTYPES[cfg.train.dtype], "attn_implementation": cfg.model.attn_implementation}
     if cfg.model.revision != "main":
         kwargs["revision"] = cfg.model.revision
     if cfg.model.load_in_4bit:
@@ -70,12 +68,12 @@ def load_base_model(cfg: RunConfig):
 
 
 def quantization_config(cfg: RunConfig):
-    """NF4 4-bit weights with double quantization: QLoRA's recipe, wherever bitsandbytes runs (CUDA, and CPU since 0.4x)."""
+    """NF4 4-bit weights with double quantization: QLoRA's recipe, wherever bitsandbytes runs (CUDA, and CPU)."""
     from transformers import BitsAndBytesConfig
 
     from kit.platform import compute_dtype, require_bitsandbytes
 
-    require_bitsandbytes("model.load_in_4bit=true")
+    require_bitsandbytes("model.quantize=nf4")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -105,8 +103,11 @@ def add_lora(model, cfg: RunConfig):
     if cfg.model.load_in_4bit:
         # Casts the remaining fp16/bf16 parameters (norms, embeddings) to fp32 for stable training, and turns on
         # input gradients so checkpointed blocks over frozen 4-bit weights still backpropagate to the adapter.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.model.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

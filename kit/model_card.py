@@ -23,6 +23,9 @@ import re
 
 import yaml
 
+from kit.errors import SecretInOutputError
+from kit.layout import ShardPaths, shard_name
+
 # Hub user tokens start with hf_; a card holding one would publish it.
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
@@ -37,7 +40,7 @@ def render_model_card(metadata: dict, title: str, sections: list[tuple[str, str]
         parts.append(f"## {heading}\n\n{body.strip()}")
     card = "\n\n".join(parts) + "\n"
     if _TOKEN_LIKE.search(card):
-        raise ValueError("refusing to render a model card that contains something shaped like an HF token")
+        raise SecretInOutputError("refusing to render a model card that contains something shaped like an HF token")
     return card
 
 
@@ -55,7 +58,7 @@ def shard_adapter_card(metrics: dict, config: dict, repo_id: str | None, shard: 
     """The card pushed with `shard-II/adapter/`: what it is, how it scored, how it was trained, how to load it."""
     base = config.get("model", {}).get("name_or_path")
     metric_rows = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    subfolder = f"shard-{shard:02d}/adapter"
+    subfolder = str(ShardPaths.in_repo(shard).adapter)
     load = (
         "```python\n"
         "from peft import PeftModel\n"
@@ -68,13 +71,17 @@ def shard_adapter_card(metrics: dict, config: dict, repo_id: str | None, shard: 
         {
             "base_model": base,
             "library_name": "peft",
-            "tags": ["kit", "lora", "sft", f"shard-{shard:02d}"],
+            "tags": ["kit", "lora", "sft", shard_name(shard)],
             "datasets": [dataset] if dataset else None,
         },
         title=f"kit LoRA adapter, shard {shard}",
         sections=[
-            ("Shard", f"Trained by kit on shard {shard} only"
-             + (f" of `{dataset}`" if dataset else "") + "; merge the shard adapters with `python -m kit merge`."),
+            (
+                "Shard",
+                f"Trained by kit on shard {shard} only"
+                + (f" of `{dataset}`" if dataset else "")
+                + "; merge the shard adapters with `python -m kit merge`.",
+            ),
             ("Metrics", markdown_table(metric_rows)),
             ("Training config", f"```json\n{json.dumps(config, indent=2, sort_keys=True)}\n```"),
             ("How to load", load),

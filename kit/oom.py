@@ -23,7 +23,7 @@ import gc
 from pathlib import Path
 
 from kit.checkpoints import checkpoint_step
-from kit.launch import world_size
+from kit.distributed import world_size
 
 PROBE_STEPS = 5
 
@@ -41,8 +41,10 @@ def halve_micro_batch(cfg) -> str:
     before = (t.micro_batch_size, t.grad_accum)
     t.micro_batch_size //= 2
     t.grad_accum *= 2
-    return (f"out of memory at micro-batch {before[0]} x accumulation {before[1]}: retrying with "
-            f"{t.micro_batch_size} x {t.grad_accum} (same global batch {t.micro_batch_size * t.grad_accum} per GPU)")
+    return (
+        f"out of memory at micro-batch {before[0]} x accumulation {before[1]}: retrying with "
+        f"{t.micro_batch_size} x {t.grad_accum} (same global batch {t.micro_batch_size * t.grad_accum} per GPU)"
+    )
 
 
 def train_with_oom_backoff(make_trainer, cfg, resume, find_resume=None, log=print):
@@ -59,10 +61,12 @@ def train_with_oom_backoff(make_trainer, cfg, resume, find_resume=None, log=prin
                 raise
             early = trainer.state.global_step - start < PROBE_STEPS
             if distributed or not early or cfg.train.micro_batch_size <= 1:
-                why = ("under DDP" if distributed else "after the first steps" if not early else "at micro-batch 1")
-                raise type(err)(f"{err}\nkit: out of memory {why}; lower train.micro_batch_size (and raise "
-                                "train.grad_accum to keep the global batch), shorten data.max_length, or turn on "
-                                "model.gradient_checkpointing") from err
+                why = "under DDP" if distributed else "after the first steps" if not early else "at micro-batch 1"
+                raise type(err)(
+                    f"{err}\nkit: out of memory {why}; lower train.micro_batch_size (and raise "
+                    "train.grad_accum to keep the global batch), shorten data.max_length, or turn on "
+                    "model.gradient_checkpointing"
+                ) from err
             log(halve_micro_batch(cfg))
             del trainer
             _free_memory()

@@ -9,12 +9,12 @@ Knobs a preset can leave to this module by writing `auto` (anything else is kept
     train.precision: auto       -> bf16 on compute capability >= 8.0 (A100, H100, RTX 30xx/40xx),
                                    fp16 on 7.x (T4, V100), fp32 below (P100: fp16 has no tensor
                                    cores there and the loss scaler only costs time) and on CPU.
-                                   Sets model.dtype, train.fp16 and train.bf16 together.
+                                   (the weights' dtype and the Trainer's mixed precision follow it)
     model.attn_implementation: auto -> flash_attention_2 when `flash_attn` imports and cc >= 8.0, else sdpa;
                                    with data.padding_free, kit_packed_sdpa instead of sdpa (kit/attention.py:
                                    a packed row runs example by example, not through one T x T mask).
     model.quantize: auto        -> nf4 (QLoRA: 4-bit NF4, double quantization, bitsandbytes) on CUDA
-                                   with bitsandbytes installed, else none. Sets model.load_in_4bit.
+                                   with bitsandbytes installed, else none.
                                    An explicit nf4 runs wherever bitsandbytes does, CPU included (fp32
                                    compute there): `quantization_in_effect(cfg)` says what a run gets.
     train.optim: auto           -> paged_adamw_8bit with bitsandbytes on CUDA (optimizer state in 8 bit,
@@ -32,14 +32,10 @@ import importlib.util
 from dataclasses import dataclass, field
 
 from kit.config import RunConfig
-from kit.hf_token import runtime_name
+from kit.errors import MissingPackageError
+from kit.runtime import runtime_name
 
 AUTO = "auto"
-PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-class MissingPackageError(ModuleNotFoundError):
-    """A config asks for something whose package is not installed; the message names the package and the fix."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,8 @@ class Decisions:
         if not self.devices:
             return f"{self.runtime}, CPU only"
         d = self.devices[0]
-        return f"{self.runtime}, {len(self.devices)} x {d.name} (compute capability {d.major}.{d.minor}, {d.memory_gb:.0f} GB)"
+        cc = f"compute capability {d.major}.{d.minor}"
+        return f"{self.runtime}, {len(self.devices)} x {d.name} ({cc}, {d.memory_gb:.0f} GB)"
 
 
 def detect_devices() -> list[DeviceInfo]:
@@ -102,16 +99,19 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def decide(devices: list[DeviceInfo], runtime: str = "local", has_flash_attn: bool = False,
-           has_bitsandbytes: bool = False) -> Decisions:
+def decide(
+    devices: list[DeviceInfo], runtime: str = "local", has_flash_attn: bool = False, has_bitsandbytes: bool = False
+) -> Decisions:
     """The choices for these devices; a pure function of its arguments."""
     reasons = {}
     if not devices:
         reasons = {
             "precision": "fp32: CPU (bf16 matmuls are slower than fp32 on most CPUs, fp16 AMP needs CUDA)",
             "attn_implementation": "sdpa: no GPU, so no FlashAttention-2",
-            "quantize": ("none: on a CPU full-precision weights train faster than 4-bit ones dequantized at every "
-                         "matmul; model.quantize=nf4 runs QLoRA here too when bitsandbytes is installed"),
+            "quantize": (
+                "none: on a CPU full-precision weights train faster than 4-bit ones dequantized at every "
+                "matmul; model.quantize=nf4 runs QLoRA here too when bitsandbytes is installed"
+            ),
             "optim": "adamw_torch: paging optimizer state to host memory means nothing without a GPU",
         }
         return Decisions(runtime, [], "fp32", False, "sdpa", "none", "adamw_torch", reasons)
@@ -123,17 +123,28 @@ def decide(devices: list[DeviceInfo], runtime: str = "local", has_flash_attn: bo
     elif cc >= 7.0:
         precision, why = "fp16", f"fp16: {name} (compute capability {cc}) has fp16 tensor cores but no bf16"
     else:
-        precision, why = "fp32", (f"fp32: {name} (compute capability {cc}) has no tensor cores, so fp16 "
-                                  "would add loss scaling without a speedup")
+        precision, why = (
+            "fp32",
+            (
+                f"fp32: {name} (compute capability {cc}) has no tensor cores, so fp16 "
+                "would add loss scaling without a speedup"
+            ),
+        )
     reasons["precision"] = why
     tf32 = cc >= 8.0
-    reasons["tf32"] = "on: Ampere or newer runs fp32 matmuls on tensor cores" if tf32 else "off: needs compute capability >= 8.0"
+    reasons["tf32"] = (
+        "on: Ampere or newer runs fp32 matmuls on tensor cores" if tf32 else "off: needs compute capability >= 8.0"
+    )
     if has_flash_attn and cc >= 8.0:
         attn = "flash_attention_2"
         reasons["attn_implementation"] = "flash_attention_2: flash_attn is installed and compute capability >= 8.0"
     else:
         attn = "sdpa"
-        why = "flash_attn is not installed" if cc >= 8.0 else f"FlashAttention-2 needs compute capability >= 8.0, {name} has {cc}"
+        why = (
+            "flash_attn is not installed"
+            if cc >= 8.0
+            else f"FlashAttention-2 needs compute capability >= 8.0, {name} has {cc}"
+        )
         reasons["attn_implementation"] = f"sdpa: {why}"
     if has_bitsandbytes:
         quantize, optim = "nf4", "paged_adamw_8bit"
@@ -165,11 +176,6 @@ def resolve_platform(cfg: RunConfig, decisions: Decisions | None = None, verbose
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             notes.append(f"tf32 {decisions.reasons['tf32']}")
-    if cfg.train.precision in PRECISION_DTYPE:
-        # An explicit precision (auto or written) owns the three legacy keys so they can't disagree.
-        cfg.model.dtype = PRECISION_DTYPE[cfg.train.precision]
-        cfg.train.fp16 = cfg.train.precision == "fp16"
-        cfg.train.bf16 = cfg.train.precision == "bf16"
     if cfg.model.attn_implementation == AUTO:
         attn, why = decisions.attn_implementation, decisions.reasons["attn_implementation"]
         if attn == "sdpa" and cfg.data.padding_free:
@@ -182,8 +188,6 @@ def resolve_platform(cfg: RunConfig, decisions: Decisions | None = None, verbose
     if cfg.model.quantize == AUTO:
         cfg.model.quantize = decisions.quantize
         notes.append(f"model.quantize = {decisions.quantize} ({decisions.reasons['quantize']})")
-    if cfg.model.quantize in ("nf4", "none"):
-        cfg.model.load_in_4bit = cfg.model.quantize == "nf4"
     if cfg.train.optim == AUTO:
         cfg.train.optim = decisions.optim
         notes.append(f"train.optim = {decisions.optim} ({decisions.reasons['optim']})")
@@ -201,7 +205,7 @@ def compute_dtype(cfg: RunConfig) -> str:
 
     if not torch.cuda.is_available():
         return "float32"
-    return "bfloat16" if cfg.train.bf16 else "float16" if cfg.train.fp16 else cfg.model.dtype
+    return cfg.train.dtype
 
 
 def require_bitsandbytes(what: str) -> None:
@@ -216,7 +220,7 @@ def require_bitsandbytes(what: str) -> None:
 def check_platform_packages(cfg: RunConfig) -> None:
     """The packages a resolved config's choices need are importable (bitsandbytes for 4-bit and 8-bit optimizers)."""
     if cfg.model.load_in_4bit:
-        require_bitsandbytes("model.load_in_4bit=true (model.quantize=nf4)")
+        require_bitsandbytes("model.quantize=nf4")
     if "8bit" in cfg.train.optim:
         require_bitsandbytes(f"train.optim={cfg.train.optim}")
 
@@ -234,10 +238,11 @@ def quantization_in_effect(cfg: RunConfig) -> str:
     except importlib.metadata.PackageNotFoundError:
         return "quantize: nf4 asked for, but bitsandbytes is not installed (`pip install bitsandbytes`)"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (f"quantize: nf4, bitsandbytes {version} on {device} "
-            f"(double quantization, compute dtype {compute_dtype(cfg)}; optimizer {cfg.train.optim})")
+    return (
+        f"quantize: nf4, bitsandbytes {version} on {device} "
+        f"(double quantization, compute dtype {compute_dtype(cfg)}; optimizer {cfg.train.optim})"
+    )
 
 
 def _has_auto(cfg: RunConfig) -> bool:
-    return AUTO in (cfg.train.precision, cfg.model.attn_implementation, cfg.model.quantize, cfg.train.optim) or (
-        cfg.train.precision in PRECISION_DTYPE or cfg.model.quantize in ("nf4", "none"))
+    return AUTO in (cfg.train.precision, cfg.model.attn_implementation, cfg.model.quantize, cfg.train.optim)

@@ -29,21 +29,18 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
+
+from kit.errors import RemoteError
+from kit.files import copy_file_atomic, write_bytes_atomic
+from kit.layout import cache_folder
 
 HUB_SCHEME = "hf://"
 # First wait between tries of a failed transfer; doubles each time (tests shorten it).
 RETRY_BASE_DELAY_S = 1.0
 T = TypeVar("T")
-
-
-class RemoteError(RuntimeError):
-    """A remote location is malformed, or a transfer failed after every retry."""
-
-
-class UploadError(RuntimeError):
-    """Something that should be on a run's remote is not, after every retry (kit/sync.py raises it)."""
 
 
 def is_hub(location: str | os.PathLike) -> bool:
@@ -52,12 +49,12 @@ def is_hub(location: str | os.PathLike) -> bool:
 
 def parse_hub(location: str) -> tuple[str, str]:
     """hf://USER/REPO -> ("model", "USER/REPO"); hf://datasets/USER/REPO -> ("dataset", "USER/REPO")."""
-    rest = str(location)[len(HUB_SCHEME):].strip("/")
+    rest = str(location)[len(HUB_SCHEME) :].strip("/")
     repo_type = "model"
     if rest.startswith("datasets/"):
-        repo_type, rest = "dataset", rest[len("datasets/"):]
+        repo_type, rest = "dataset", rest[len("datasets/") :]
     elif rest.startswith("models/"):
-        rest = rest[len("models/"):]
+        rest = rest[len("models/") :]
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", rest):
         raise RemoteError(f"{location}: expected hf://USER/REPO (a run) or hf://datasets/USER/REPO (a split)")
     return repo_type, rest
@@ -65,11 +62,11 @@ def parse_hub(location: str) -> tuple[str, str]:
 
 def split_hub_path(location: str) -> tuple[str, str]:
     """hf://USER/REPO/a/b -> ("hf://USER/REPO", "a/b"): a repo and a folder inside it (datasets/ kept)."""
-    rest = str(location)[len(HUB_SCHEME):].strip("/")
+    rest = str(location)[len(HUB_SCHEME) :].strip("/")
     kind = ""
     for prefix in ("datasets/", "models/"):
         if rest.startswith(prefix):
-            kind, rest = prefix, rest[len(prefix):]
+            kind, rest = prefix, rest[len(prefix) :]
     parts = rest.split("/")
     repo = f"{HUB_SCHEME}{kind}{'/'.join(parts[:2])}"
     parse_hub(repo)  # a malformed address fails here, with the expected form
@@ -102,8 +99,14 @@ def _is_permanent(err: BaseException) -> bool:
     return isinstance(err, (RemoteError, ValueError, PermissionError))
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float | None = None, max_delay: float = 30.0,
-                 should_stop: Callable[[], bool] | None = None) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int = 6,
+    base_delay: float | None = None,
+    max_delay: float = 30.0,
+    should_stop: Callable[[], bool] | None = None,
+) -> T:
     """Call fn until it succeeds; sleep base_delay * 2**k between tries; raise RemoteError naming `what`.
 
     `should_stop` lets a background uploader give up early when its work is
@@ -129,8 +132,9 @@ class Remote:
     def ensure_exists(self, private: bool = True) -> None:
         raise NotImplementedError
 
-    def commit(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str] = (),
-               retries: bool = True) -> None:
+    def commit(
+        self, files: dict[str, Path | bytes], message: str, delete_folders: list[str] = (), retries: bool = True
+    ) -> None:
         """Add `files` ({path in repo: local Path or bytes}) and delete folders, as one unit.
 
         retries=False makes one attempt (for callers that run their own retry loop)."""
@@ -163,8 +167,13 @@ class Remote:
         files = sorted(p for p in local.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name in last)  # stable: markers move to the end
         prefix = path_in_repo.strip("/")
-        self.commit({f"{prefix}/{p.relative_to(local).as_posix()}" if prefix else p.relative_to(local).as_posix(): p
-                     for p in files}, message)
+        self.commit(
+            {
+                f"{prefix}/{p.relative_to(local).as_posix()}" if prefix else p.relative_to(local).as_posix(): p
+                for p in files
+            },
+            message,
+        )
 
 
 class HubRemote(Remote):
@@ -192,8 +201,10 @@ class HubRemote(Remote):
     def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=(str(src) if isinstance(src, Path) else src))
-               for p, src in files.items()]
+        ops = [
+            CommitOperationAdd(path_in_repo=p, path_or_fileobj=(str(src) if isinstance(src, Path) else src))
+            for p, src in files.items()
+        ]
         if delete_folders:
             # Listed on every attempt: a commit that landed but whose answer was lost
             # already deleted them, and deleting a missing folder is an error.
@@ -235,8 +246,9 @@ class HubRemote(Remote):
         patterns = [p + "*" if p.endswith("/") else p for p in paths]
         local_dir = Path(local_dir)
         with_retries(
-            lambda: snapshot_download(self.repo_id, repo_type=self.repo_type, allow_patterns=patterns,
-                                      local_dir=local_dir, token=self._token),
+            lambda: snapshot_download(
+                self.repo_id, repo_type=self.repo_type, allow_patterns=patterns, local_dir=local_dir, token=self._token
+            ),
             f"download {paths} from {self.location}",
         )
         return local_dir
@@ -257,14 +269,10 @@ class FolderRemote(Remote):
 
     def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
         for path, src in files.items():  # in the caller's order: its marker file comes last
-            target = self.root / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             if isinstance(src, Path):
-                shutil.copyfile(src, tmp)
+                copy_file_atomic(src, self.root / path)
             else:
-                tmp.write_bytes(src)
-            os.replace(tmp, target)
+                write_bytes_atomic(self.root / path, src)
         for folder in delete_folders:
             shutil.rmtree(self.root / folder.strip("/"), ignore_errors=True)
 
@@ -281,7 +289,7 @@ class FolderRemote(Remote):
     def download(self, paths: list[str], local_dir: str | Path) -> Path:
         local_dir = Path(local_dir)
         for path in paths:
-            for name in (self.list_files(path) if path.endswith("/") else [path]):
+            for name in self.list_files(path) if path.endswith("/") else [path]:
                 src = self.root / name
                 if src.is_file():
                     (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +320,4 @@ def open_remote_for_push(location: str | Path, purpose: str) -> Remote:
 
 def default_work_dir(location: str) -> Path:
     """Local folder for a Hub run: $KIT_CACHE/runs/USER--REPO (what a Colab disk loses is on the Hub)."""
-    from kit.config import kit_cache_dir
-
-    _, repo_id = parse_hub(location)
-    return kit_cache_dir() / "runs" / repo_id.replace("/", "--")
+    return cache_folder("runs", parse_hub(location)[1])

@@ -2,7 +2,7 @@
 
     python -m kit status hf://me/run [--data hf://datasets/me/data] [--stale-after 15] [--json]
     fleet = read_fleet("hf://me/run", data="shards/")     # {"shards": [...], "totals": {...}}
-    print(format_table(fleet))
+    print(format_fleet(fleet))
     live_view("hf://me/run", every=60)                    # in a notebook: a table that refreshes itself
     show_loss_curves(fleet)                               # every shard's loss against step
 
@@ -30,17 +30,17 @@ Tested by tests/test_status.py (`.venv/bin/python -m pytest -q tests/test_status
 from __future__ import annotations
 
 import html
-import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kit.progress import figure_png, format_duration, frontend, optional_package, plot_loss_curves, show_png
-from kit.remote import RemoteError, is_hub, open_remote
+from kit.display import figure_png, format_duration, frontend, optional_package, plot_loss_curves, show_png
+from kit.errors import RemoteError
+from kit.layout import COMPLETE_MARKER, MANIFEST, ShardPaths, parse_repo_path
+from kit.remote import is_hub, open_remote
+from kit.tables import text_table
 
 STALE_AFTER_S = 15 * 60
-_SHARD_DIR = re.compile(r"^shard-(\d+)/")
-_CHECKPOINT = re.compile(r"^shard-\d+/(checkpoint-(\d+))/COMPLETE$")
 NEEDS_RESTART = ("stale", "stopped_for_time", "failed", "not_started")
 
 
@@ -56,18 +56,22 @@ def expected_shards(data: str | Path | None) -> list[int] | None:
     """Shard indices the split's manifest promises (a folder or hf://datasets/...), or None without data."""
     if not data:
         return None
-    manifest = open_remote(data).read_json("manifest.json")
+    manifest = open_remote(data).read_json(MANIFEST)
     if manifest is None:
-        raise RemoteError(f"{data}/manifest.json not found: pass the folder `kit split --out` wrote (or its Hub repo)")
+        raise RemoteError(
+            f"{data}/{MANIFEST} not found: give the folder the split wrote (or its Hub repo)", param="data"
+        )
     return list(range(int(manifest["num_shards"])))
 
 
-def resume_step(files: list[str], prefix: str, pointer: dict | None) -> int:
+def resume_step(files: list[str], shard: int, pointer: dict | None) -> int:
     """The step a restart continues from: latest.json's, else the newest checkpoint marked COMPLETE, else 0."""
     if pointer and "step" in pointer:
         return int(pointer["step"])
-    steps = [int(m.group(2)) for f in files if (m := _CHECKPOINT.match(f)) and f.startswith(prefix + "/")]
-    return max(steps, default=0)
+    parsed = (parse_repo_path(f) for f in files)
+    return max(
+        (step for s, step, rest in parsed if s == shard and step is not None and rest == COMPLETE_MARKER), default=0
+    )
 
 
 def restart_action(dest: str, shard: int, step: int) -> str:
@@ -76,8 +80,9 @@ def restart_action(dest: str, shard: int, step: int) -> str:
     return f"open train_shard with shard_index={shard} {where}; {then}"
 
 
-def shard_row(dest: str, shard: int, status: dict | None, metrics: dict | None, resume: int, now: datetime,
-              stale_after: float) -> dict:
+def shard_row(
+    dest: str, shard: int, status: dict | None, metrics: dict | None, resume: int, now: datetime, stale_after: float
+) -> dict:
     """One table row; `status`/`metrics` are the shard's JSON files (None when absent)."""
     status = status or {}
     updated = _parse_time(status["updated_at"]) if status.get("updated_at") else None
@@ -118,26 +123,27 @@ def shard_row(dest: str, shard: int, status: dict | None, metrics: dict | None, 
     return row
 
 
-def read_fleet(dest: str | Path, data: str | Path | None = None, stale_after: float = STALE_AFTER_S,
-               now: datetime | None = None) -> dict:
+def read_fleet(
+    dest: str | Path, data: str | Path | None = None, stale_after: float = STALE_AFTER_S, now: datetime | None = None
+) -> dict:
     """Every shard's row and the fleet's totals; `now` is injectable so staleness can be tested."""
     dest = str(dest)
     now = now or datetime.now(timezone.utc)
     if not is_hub(dest) and not Path(dest).is_dir():
-        raise RemoteError(f"{dest}: no such folder; give the run's --output (a folder or hf://USER/REPO)")
+        raise RemoteError(f"{dest}: no such folder; give the run's output (a folder or hf://USER/REPO)", param="dest")
     remote = open_remote(dest)
-    files = remote.list_files("shard-")  # one listing (one Hub call) finds shards and their checkpoints
-    present = sorted({int(m.group(1)) for f in files if (m := _SHARD_DIR.match(f))})
+    files = remote.list_files()  # one listing (one Hub call) finds shards and their checkpoints
+    listed = set(files)
+    present = sorted({shard for f in files if (shard := parse_repo_path(f)[0]) is not None})
     expected = expected_shards(data)
     shards = sorted(set(expected if expected is not None else present) | set(present))
     rows = []
     for shard in shards:
-        prefix = f"shard-{shard:02d}"
-        names = {f for f in files if f.startswith(prefix + "/")}
-        status = remote.read_json(f"{prefix}/status.json") if f"{prefix}/status.json" in names else None
-        metrics = remote.read_json(f"{prefix}/metrics.json") if f"{prefix}/metrics.json" in names else None
-        pointer = remote.read_json(f"{prefix}/latest.json") if f"{prefix}/latest.json" in names else None
-        rows.append(shard_row(dest, shard, status, metrics, resume_step(files, prefix, pointer), now, stale_after))
+        paths = ShardPaths.in_repo(shard)
+        status, metrics, pointer = (
+            remote.read_json(str(p)) if str(p) in listed else None for p in (paths.status, paths.metrics, paths.pointer)
+        )
+        rows.append(shard_row(dest, shard, status, metrics, resume_step(files, shard, pointer), now, stale_after))
     mark_version_mismatches(rows)
     return {"dest": dest, "now": now.isoformat(timespec="seconds"), "shards": rows, "totals": fleet_totals(rows)}
 
@@ -195,17 +201,20 @@ def _cells(row: dict) -> list[str]:
 
 def totals_line(totals: dict) -> str:
     states = ", ".join(f"{n} {s}" for s, n in sorted(totals["by_state"].items()))
-    eta = format_duration(totals["eta_s"]) if totals["eta_s"] is not None else (
-        f"unknown until {totals['needs_restart']} shard(s) restart" if totals["needs_restart"] else "-")
-    return (f"{totals['shards']} shards ({states}); {totals['tokens_trained']:,} tokens trained, "
-            f"{totals['tokens_per_s']:.0f} tok/s now; steps {totals['steps_done']}/{totals['steps_total']}; fleet ETA {eta}")
+    eta = (
+        format_duration(totals["eta_s"])
+        if totals["eta_s"] is not None
+        else (f"unknown until {totals['needs_restart']} shard(s) restart" if totals["needs_restart"] else "-")
+    )
+    return (
+        f"{totals['shards']} shards ({states}); {totals['tokens_trained']:,} tokens trained, "
+        f"{totals['tokens_per_s']:.0f} tok/s now; steps {totals['steps_done']}/{totals['steps_total']}; fleet ETA {eta}"
+    )
 
 
-def format_table(fleet: dict) -> str:
+def format_fleet(fleet: dict) -> str:
     """The fleet as aligned text: one line per shard, the totals, then one action per shard to restart."""
-    table = [list(COLUMNS)] + [_cells(r) for r in fleet["shards"]]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    lines = text_table(list(COLUMNS), [_cells(r) for r in fleet["shards"]])
     if not fleet["shards"]:
         lines.append(f"(no shard-II/ folders in {fleet['dest']} yet)")
     lines.append("")
@@ -221,25 +230,40 @@ def format_table(fleet: dict) -> str:
 def version_warnings(rows: list[dict]) -> list[str]:
     """One line per shard whose kit differs from the fleet's (see mark_version_mismatches)."""
     fleet = {r["kit_version"] for r in rows if r.get("kit_version") and not r.get("kit_version_differs")}
-    return [f"shard {r['shard']}: trained with kit {r['kit_version']}, the others with {', '.join(sorted(fleet))}: "
-            "its runtime installed another kit (leave kit_source empty to install the wheel in the data repo)"
-            for r in rows if r.get("kit_version_differs")]
+    return [
+        f"shard {r['shard']}: trained with kit {r['kit_version']}, the others with {', '.join(sorted(fleet))}: "
+        "its runtime installed another kit (leave kit_source empty to install the wheel in the data repo)"
+        for r in rows
+        if r.get("kit_version_differs")
+    ]
 
 
 def format_html(fleet: dict) -> str:
     """The same table as HTML, for a notebook (stale and failed rows tinted)."""
-    tint = {"stale": "#fde2e2", "failed": "#fde2e2", "stopped_for_time": "#fff4d6", "not_started": "#fff4d6",
-            "done": "#e3f5e1"}
+    tint = {
+        "stale": "#fde2e2",
+        "failed": "#fde2e2",
+        "stopped_for_time": "#fff4d6",
+        "not_started": "#fff4d6",
+        "done": "#e3f5e1",
+    }
     head = "".join(f"<th style='text-align:left;padding:2px 8px'>{c}</th>" for c in COLUMNS)
     body = "".join(
         f"<tr style='background:{tint.get(r['state'], 'transparent')}'>"
-        + "".join(f"<td style='padding:2px 8px'>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
-        for r in fleet["shards"])
-    actions = "".join(f"<li>shard {r['shard']} ({r['state']}): {html.escape(r['action'])}</li>"
-                      for r in fleet["shards"] if r["action"])
+        + "".join(f"<td style='padding:2px 8px'>{html.escape(c)}</td>" for c in _cells(r))
+        + "</tr>"
+        for r in fleet["shards"]
+    )
+    actions = "".join(
+        f"<li>shard {r['shard']} ({r['state']}): {html.escape(r['action'])}</li>"
+        for r in fleet["shards"]
+        if r["action"]
+    )
     actions += "".join(f"<li>{html.escape(line)}</li>" for line in version_warnings(fleet["shards"]))
-    return (f"<div><b>{html.escape(fleet['dest'])}</b> at {fleet['now']}<table>{'<tr>' + head + '</tr>'}{body}</table>"
-            f"<p>{html.escape(totals_line(fleet['totals']))}</p>{'<ul>' + actions + '</ul>' if actions else ''}</div>")
+    return (
+        f"<div><b>{html.escape(fleet['dest'])}</b> at {fleet['now']}<table>{'<tr>' + head + '</tr>'}{body}</table>"
+        f"<p>{html.escape(totals_line(fleet['totals']))}</p>{'<ul>' + actions + '</ul>' if actions else ''}</div>"
+    )
 
 
 def loss_curves_png(fleet: dict) -> bytes | None:
@@ -295,8 +319,9 @@ class LiveView:
 _views: dict[str, LiveView] = {}
 
 
-def live_view(dest: str | Path, every: float = 60, data: str | Path | None = None,
-              stale_after: float = STALE_AFTER_S) -> LiveView:
+def live_view(
+    dest: str | Path, every: float = 60, data: str | Path | None = None, stale_after: float = STALE_AFTER_S
+) -> LiveView:
     """Show the fleet table. In an interactive notebook it refreshes every `every` seconds in the
     background; headless (papermill, a terminal) it renders once and returns."""
     dest = str(dest)
@@ -314,7 +339,7 @@ def live_view(dest: str | Path, every: float = 60, data: str | Path | None = Non
             get_ipython = None
         if get_ipython is not None and get_ipython() is not None:
             # Both forms: the saved notebook shows the HTML table, and `jupyter nbconvert --to script` the text one.
-            display({"text/html": format_html(view.fleet), "text/plain": format_table(view.fleet)}, raw=True)
+            display({"text/html": format_html(view.fleet), "text/plain": format_fleet(view.fleet)}, raw=True)
         else:
-            print(format_table(view.fleet))
+            print(format_fleet(view.fleet))
     return view

@@ -5,7 +5,7 @@
     Trainer(..., callbacks=[*sync.callbacks(), ...])
     sync.push_final(run_dir, metrics)  # waits for uploads, pushes adapter + card; UploadError if anything is missing
 
-Layout on the remote, beside the local one (kit/train.py):
+Layout on the remote, the same as the local one (kit/layout.py):
 
     shard-03/checkpoint-40/   the Trainer checkpoint, uploaded whole in one commit
     shard-03/latest.json      {"checkpoint": "checkpoint-40", "step": 40, "files": {name: sha256}}
@@ -30,11 +30,9 @@ while the previous push runs, has no pointer written last (a resume can find
 a half-uploaded `last-checkpoint/`), does not retry a failed commit, and does
 not download anything on resume.
 
-Test hook (read only here): KIT_TEST_PAUSE_AT=step:N pauses at the end of step
-N, save:N pauses inside the save of checkpoint-N before it is marked complete,
-pointer:N pauses the uploader after checkpoint-N's files landed and before its
-pointer is sent; each writes RUN_DIR/TEST_PAUSED and sleeps, so a test can
-SIGKILL the process exactly there.
+The one test seam: `CheckpointUploader.files_landed(job)` runs between a
+checkpoint's commit and its pointer's (a no-op here); tests/pause_runner.py
+sets it to stop the process exactly there.
 
 Tested by tests/test_remote.py and tests/test_hub_resume.py.
 """
@@ -50,15 +48,22 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from kit.checkpoints import COMPLETE_MARKER, checkpoint_step, latest_complete_checkpoint, mark_complete
-from kit.files import json_text, read_json, sha256_file
-from kit.hf_token import runtime_name
+from kit.checkpoints import latest_complete_checkpoint, mark_complete
+from kit.errors import RemoteError, UploadError
+from kit.files import folder_written_whole, json_text, read_json, sha256_file
+from kit.layout import (
+    COMPLETE_MARKER,
+    METRICS,
+    MODEL_CARD,
+    POINTER,
+    STATUS,
+    ShardPaths,
+    checkpoint_name,
+    checkpoint_step,
+)
 from kit.model_card import shard_adapter_card
-from kit.remote import (FolderRemote, Remote, RemoteError, UploadError, default_work_dir, is_hub, open_remote_for_push,
-                        with_retries)
-
-POINTER = "latest.json"
-DONE_MARKER = "metrics.json"
+from kit.remote import FolderRemote, Remote, default_work_dir, is_hub, open_remote_for_push, parse_hub, with_retries
+from kit.runtime import runtime_name
 
 
 def _snapshot(src: Path, dst: Path) -> None:
@@ -104,6 +109,9 @@ class CheckpointUploader:
         self._thread = threading.Thread(target=self._loop, name=f"kit-upload-{prefix}", daemon=True)
         self._thread.start()
 
+    def files_landed(self, job: _Job) -> None:
+        """Called after a checkpoint's files landed, before its pointer is sent: nothing to do but for tests."""
+
     def submit(self, checkpoint: Path, staged: Path, status: dict) -> None:
         job = _Job(checkpoint.name, checkpoint_step(checkpoint), staged, status)
         with self._cond:
@@ -141,16 +149,28 @@ class CheckpointUploader:
         hashes = {name: sha256_file(path) for name, path in files.items()}
         folder = f"{self.prefix}/{job.name}"
         retry = dict(attempts=self.attempts, base_delay=self.base_delay, should_stop=self._superseded)
-        with_retries(lambda: self.remote.commit({f"{folder}/{n}": p for n, p in files.items()},
-                                                f"{folder}: upload", retries=False), f"push {folder}", **retry)
-        _maybe_pause("pointer", job.step, job.staged.parent.parent)  # test hook: files landed, pointer not sent
+        with_retries(
+            lambda: self.remote.commit(
+                {f"{folder}/{n}": p for n, p in files.items()}, f"{folder}: upload", retries=False
+            ),
+            f"push {folder}",
+            **retry,
+        )
+        self.files_landed(job)  # the test seam (module docstring): files landed, pointer not sent yet
         pointer = {"checkpoint": job.name, "step": job.step, "files": hashes, "pushed_at": time.time()}
-        older = sorted({f.split("/")[1] for f in self.remote.list_files(f"{self.prefix}/checkpoint-")} - {job.name})
+        listing = self.remote.list_files(f"{self.prefix}/")
+        older = sorted({f.split("/")[1] for f in listing if checkpoint_step(f.split("/")[1]) is not None} - {job.name})
         # Second commit, only after the first landed: the pointer never names a partial checkpoint.
-        with_retries(lambda: self.remote.commit(
-            {f"{self.prefix}/status.json": _json_bytes(job.status), f"{self.prefix}/{POINTER}": _json_bytes(pointer)},
-            f"{self.prefix}: latest = {job.name}", delete_folders=[f"{self.prefix}/{o}" for o in older], retries=False,
-        ), f"push {self.prefix}/{POINTER} -> {job.name}", **retry)
+        with_retries(
+            lambda: self.remote.commit(
+                {f"{self.prefix}/{STATUS}": _json_bytes(job.status), f"{self.prefix}/{POINTER}": _json_bytes(pointer)},
+                f"{self.prefix}: latest = {job.name}",
+                delete_folders=[f"{self.prefix}/{o}" for o in older],
+                retries=False,
+            ),
+            f"push {self.prefix}/{POINTER} -> {job.name}",
+            **retry,
+        )
         print(f"pushed {folder} to {self.remote.location}", flush=True)
 
     def wait(self) -> None:
@@ -166,48 +186,26 @@ def _json_bytes(data) -> bytes:
 
 def _status_for_push(run_dir: Path) -> dict:
     """The local status.json plus where this shard runs, as the remote's copy records it."""
-    return {**(read_json(run_dir / "status.json", default={}) or {}), "platform": runtime_name()}
+    return {**(read_json(run_dir / STATUS, default={}) or {}), "platform": runtime_name()}
 
 
 class CheckpointPusher(TrainerCallback):
     """Hands every complete checkpoint to the uploader; returns at once."""
 
-    def __init__(self, uploader: CheckpointUploader):
-        self.uploader = uploader
+    def __init__(self, uploader: CheckpointUploader, shard: int):
+        self.uploader, self.shard = uploader, shard
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         run_dir = Path(args.output_dir)
-        checkpoint = run_dir / f"checkpoint-{state.global_step}"
+        checkpoint = run_dir / checkpoint_name(state.global_step)
         # Runs before CheckpointMarker (see train.py); marking here is the same idempotent write,
         # so the uploaded copy carries its COMPLETE marker.
         mark_complete(checkpoint)
-        staged = run_dir / ".push" / checkpoint.name
+        staged = ShardPaths(run_dir.parent, self.shard).push_staging / checkpoint.name
         _snapshot(checkpoint, staged)
         self.uploader.submit(checkpoint, staged, _status_for_push(run_dir))
-
-
-def _maybe_pause(kind: str, step: int, run_dir: Path) -> None:
-    """Sleep forever if KIT_TEST_PAUSE_AT names this moment (tests/test_hub_resume.py kills us here)."""
-    if os.environ.get("KIT_TEST_PAUSE_AT") == f"{kind}:{step}":
-        (Path(run_dir) / "TEST_PAUSED").write_text(f"{kind}:{step}\n")
-        while True:
-            time.sleep(60)
-
-
-class TestPause(TrainerCallback):
-    """Calls _maybe_pause at the end of each step and inside each save (before the marker)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        _maybe_pause("step", state.global_step, args.output_dir)
-
-    def on_save(self, args, state, control, **kwargs):
-        _maybe_pause("save", state.global_step, args.output_dir)
-
-
-def _test_hooks() -> list:
-    return [TestPause()] if os.environ.get("KIT_TEST_PAUSE_AT") else []
 
 
 class LocalOnly:
@@ -223,7 +221,7 @@ class LocalOnly:
         return None
 
     def callbacks(self) -> list:
-        return _test_hooks()
+        return []
 
     def push_final(self, run_dir: Path, metrics: dict) -> None:
         return None
@@ -237,45 +235,47 @@ class ShardSync:
 
     def __init__(self, remote: Remote, local_output: Path, shard: int, dataset: str | None = None):
         self.remote, self.local_output, self.shard = remote, local_output, shard
-        self.prefix = f"shard-{shard:02d}"
+        self.paths = ShardPaths.in_repo(shard)
+        self.prefix = self.paths.name
         self.dataset = dataset
         self._uploader: CheckpointUploader | None = None
 
     def remote_metrics(self) -> dict | None:
         """The shard's metrics when it is already done on the remote, else None."""
-        return self.remote.read_json(f"{self.prefix}/{DONE_MARKER}")
+        return self.remote.read_json(str(self.paths.metrics))
 
     def pull_latest(self, run_dir: Path) -> Path | None:
         """Make the remote's latest complete checkpoint available locally (unless a newer one is here)."""
-        pointer = self.remote.read_json(f"{self.prefix}/{POINTER}")
+        pointer = self.remote.read_json(str(self.paths.pointer))
         if not pointer:
             return None
         local = latest_complete_checkpoint(run_dir)
         if local is not None and checkpoint_step(local) >= pointer["step"]:
             return local
         name = pointer["checkpoint"]
-        tmp = run_dir / f".pull-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.remote.download([f"{self.prefix}/{name}/"], tmp)
-        got = tmp / self.prefix / name
-        for file, digest in pointer["files"].items():
-            path = got / file
-            if not path.is_file() or sha256_file(path) != digest:
-                raise RemoteError(
-                    f"{self.remote.location}/{self.prefix}/{name}/{file} does not match {POINTER} "
-                    "(missing or changed after it was pushed); delete the pointer to start the shard over"
-                )
+        download = ShardPaths(run_dir.parent, self.shard).pull_staging(name)
+        shutil.rmtree(download, ignore_errors=True)
         target = run_dir / name
-        shutil.rmtree(target, ignore_errors=True)
-        got.rename(target)
-        mark_complete(target)
-        shutil.rmtree(tmp, ignore_errors=True)
+        with folder_written_whole(target) as whole:  # a kill mid-pull leaves no checkpoint-N/ behind
+            self.remote.download([f"{self.prefix}/{name}/"], download)
+            got = download / self.prefix / name
+            for file, digest in pointer["files"].items():
+                path = got / file
+                if not path.is_file() or sha256_file(path) != digest:
+                    raise RemoteError(
+                        f"{self.remote.location}/{self.prefix}/{name}/{file} does not match {POINTER} "
+                        "(missing or changed after it was pushed); delete the pointer to start the shard over"
+                    )
+            whole.rmdir()
+            got.rename(whole)
+            mark_complete(whole)
+        shutil.rmtree(download, ignore_errors=True)
         print(f"pulled {name} from {self.remote.location}/{self.prefix} (its files match {POINTER})", flush=True)
         return target
 
     def callbacks(self) -> list:
         self._uploader = CheckpointUploader(self.remote, self.prefix)
-        return [*_test_hooks(), CheckpointPusher(self._uploader)]
+        return [CheckpointPusher(self._uploader, self.shard)]
 
     def wait_for_uploads(self) -> list[str]:
         """Block until queued checkpoint uploads are done; return what did not land. Alone (without
@@ -289,33 +289,43 @@ class ShardSync:
         return []
 
     def push_final(self, run_dir: Path, metrics: dict) -> None:
-        """Wait for checkpoint uploads, then push adapter + card + metrics in one commit; raise if anything is missing."""
+        """Wait for checkpoint uploads, then push adapter + card + metrics in one commit; raise if any is missing."""
         missing = self.wait_for_uploads()
-        adapter = run_dir / "adapter"
-        repo_id = self.remote.location[len("hf://"):] if is_hub(self.remote.location) else None
-        dataset = self.dataset[len("hf://datasets/"):] if self.dataset and is_hub(self.dataset) else None
-        (adapter / "README.md").write_text(
-            shard_adapter_card(metrics, metrics.get("config", {}), repo_id, self.shard, dataset), encoding="utf-8")
-        shutil.copyfile(run_dir / DONE_MARKER, adapter / DONE_MARKER)
-        files = {f"{self.prefix}/adapter/{p.relative_to(adapter).as_posix()}": p
-                 for p in sorted(adapter.rglob("*")) if p.is_file()}
-        for extra in (run_dir / "eval_generations.jsonl", run_dir / "loss.png"):  # loss.png: kit/progress.py
-            if extra.is_file():
-                files[f"{self.prefix}/{extra.name}"] = extra
-        files[f"{self.prefix}/status.json"] = _json_bytes(_status_for_push(run_dir))
-        files[f"{self.prefix}/{DONE_MARKER}"] = run_dir / DONE_MARKER  # last: its presence means done
+        local, there = ShardPaths(run_dir.parent, self.shard), self.paths
+        adapter = local.adapter
+        repo_id = parse_hub(self.remote.location)[1] if is_hub(self.remote.location) else None
+        dataset = parse_hub(self.dataset)[1] if self.dataset and is_hub(self.dataset) else None
+        (adapter / MODEL_CARD).write_text(
+            shard_adapter_card(metrics, metrics.get("config", {}), repo_id, self.shard, dataset), encoding="utf-8"
+        )
+        shutil.copyfile(local.metrics, adapter / METRICS)
+        files = {
+            f"{there.adapter}/{p.relative_to(adapter).as_posix()}": p for p in sorted(adapter.rglob("*")) if p.is_file()
+        }
+        for extra, remote_path in (
+            (local.eval_generations, there.eval_generations),
+            (local.loss_plot, there.loss_plot),
+        ):
+            if extra.is_file():  # the loss plot: kit/progress.py, when matplotlib is there
+                files[str(remote_path)] = extra
+        files[str(there.status)] = _json_bytes(_status_for_push(run_dir))
+        files[str(there.metrics)] = local.metrics  # last: its presence means done
         try:
             self.remote.commit(files, f"{self.prefix}: final adapter")
         except RemoteError as err:
-            missing.append(f"{self.prefix}/adapter and {DONE_MARKER} ({err})")
+            missing.append(f"{there.adapter} and {there.metrics} ({err})")
         if missing:
-            raise UploadError(f"not on {self.remote.location} after every retry: " + "; ".join(missing)
-                              + f". The local copy is in {run_dir}; run the same command again to push it.")
-        print(f"pushed {self.prefix}/adapter (model card, metrics) to {self.remote.location}", flush=True)
+            raise UploadError(
+                f"not on {self.remote.location} after every retry: "
+                + "; ".join(missing)
+                + f". The local copy is in {run_dir}; run the same command again to push it."
+            )
+        print(f"pushed {there.adapter} (model card, metrics) to {self.remote.location}", flush=True)
 
 
-def open_shard_sync(output: str | Path, shard: int, work_dir: str | Path | None = None, private: bool = True,
-                    dataset: str | None = None):
+def open_shard_sync(
+    output: str | Path, shard: int, work_dir: str | Path | None = None, private: bool = True, dataset: str | None = None
+):
     """LocalOnly for a plain folder DEST; ShardSync for hf://… (or a folder DEST with a separate work dir).
 
     For the Hub this checks the token and creates the repo (private unless asked)

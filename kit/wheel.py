@@ -30,14 +30,11 @@ from pathlib import Path
 
 import kit
 from kit.config import presets_dir
+from kit.errors import WheelError
 
 DIST = "kit"
 WHEEL_TAG = "py3-none-any"
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold: the same bytes for the same files
-
-
-class WheelError(RuntimeError):
-    """kit's wheel cannot be built from this installation."""
 
 
 def package_files() -> dict[str, bytes]:
@@ -46,7 +43,12 @@ def package_files() -> dict[str, bytes]:
     files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc" and not path.name.startswith("."):
+        if (
+            path.is_file()
+            and "__pycache__" not in rel.parts
+            and path.suffix != ".pyc"
+            and not path.name.startswith(".")
+        ):
             files[f"kit/{rel.as_posix()}"] = path.read_bytes()
     # A checkout keeps the presets in configs/ beside kit/ (packaged as kit.configs); an installed wheel inside kit/.
     for preset in sorted(presets_dir().glob("*.yaml")):
@@ -91,8 +93,10 @@ def _installed_metadata() -> tuple[str, str | None]:
     # A checkout's kit.egg-info (found first when the checkout is the working folder) calls it PKG-INFO.
     text = dist and (dist.read_text("METADATA") or dist.read_text("PKG-INFO"))
     if not text:
-        raise WheelError("kit runs from a folder but is not installed, so its dependencies are unknown: "
-                         "install it first (`pip install -e .` in the checkout), then push the split again")
+        raise WheelError(
+            "kit runs from a folder but is not installed, so its dependencies are unknown: "
+            "install it first (`pip install -e .` in the checkout), then push the split again"
+        )
     return text, dist.read_text("entry_points.txt")
 
 
@@ -116,7 +120,9 @@ def build_wheel(out_dir: str | Path) -> Path:
     info = f"{DIST}-{version}.dist-info"
     metadata, entry_points = _installed_metadata()
     files[f"{info}/METADATA"] = _with_version(metadata, version).encode()
-    files[f"{info}/WHEEL"] = f"Wheel-Version: 1.0\nGenerator: kit {version}\nRoot-Is-Purelib: true\nTag: {WHEEL_TAG}\n".encode()
+    files[f"{info}/WHEEL"] = (
+        f"Wheel-Version: 1.0\nGenerator: kit {version}\nRoot-Is-Purelib: true\nTag: {WHEEL_TAG}\n".encode()
+    )
     if entry_points:
         files[f"{info}/entry_points.txt"] = entry_points.encode()
     record = "\n".join([*(_record_line(n, d) for n, d in files.items()), f"{info}/RECORD,,"]) + "\n"

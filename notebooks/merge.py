@@ -45,7 +45,12 @@ kit_source = ""  # @param {type:"string"}
 # %%
 # @title Install kit (skipped where it is installed) { display-mode: "form" }
 # Written from kit/bootstrap.py by scripts/sync_notebooks.py: edit that file, not this cell.
-import importlib.metadata, json, os, subprocess, sys, tempfile  # noqa: E401
+import importlib.metadata  # noqa: E401
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 EXTRAS_ENV = "KIT_INSTALL_EXTRAS"  # e.g. "gpu": install extras without a CUDA GPU (the tests' 4-bit runs)
@@ -106,18 +111,21 @@ def run_wheel(data: str) -> tuple[str | None, str | None]:
     if not data.startswith("hf://"):
         manifest_path = Path(data) / "manifest.json"
         if not manifest_path.is_file():
-            raise KitInstallError(f"data={data!r}: no manifest.json there to name a kit wheel; set data to the split "
-                                  "(`kit split --out`), or kit_source to a pip spec")
+            raise KitInstallError(
+                f"data={data!r}: no manifest.json there to name a kit wheel; set data to the split "
+                "(`kit split --out`), or kit_source to a pip spec"
+            )
         kit = json.loads(manifest_path.read_text()).get("kit") or {}
         return kit.get("version"), str((Path(data) / kit["wheel"]).resolve()) if kit.get("wheel") else None
-    rest = data[len("hf://"):].strip("/")
-    repo_type, repo_id = ("dataset", rest[len("datasets/"):]) if rest.startswith("datasets/") else ("model", rest)
+    rest = data[len("hf://") :].strip("/")
+    repo_type, repo_id = ("dataset", rest[len("datasets/") :]) if rest.startswith("datasets/") else ("model", rest)
     proc = _python(_FETCH_WHEEL, repo_type, repo_id, tempfile.mkdtemp(prefix="kit-wheel-"), token=platform_secret())
     if proc.returncode != 0:
         raise KitInstallError(
             f"could not read the kit wheel from {data} ({_last_line(proc)}). Without network to the Hub, or "
             "without a token for a private repo (add the HF_TOKEN secret), set kit_source to a wheel file or "
-            "pip spec this runtime can install")
+            "pip spec this runtime can install"
+        )
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     return found["version"], found["wheel"]
 
@@ -147,11 +155,16 @@ def pip_install(spec: str) -> str:
     import torch  # on every runtime already, and kept as it is (pinned above)
 
     extras = install_extras(torch.cuda.is_available())
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints), pip_target(spec, extras)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints), pip_target(spec, extras)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise KitInstallError(f"pip could not install kit from {spec}: {_last_line(proc)}. "
-                              "Set kit_source to a wheel file, a checkout's folder or a git URL this runtime can reach")
+        raise KitInstallError(
+            f"pip could not install kit from {spec}: {_last_line(proc)}. "
+            "Set kit_source to a wheel file, a checkout's folder or a git URL this runtime can reach"
+        )
     return f"{', '.join(extras)} extra" if extras else "no extras"
 
 
@@ -166,8 +179,10 @@ def install_kit(kit_source: str = "", data: str = "") -> None:
         if not data:
             if installed:
                 return _say(f"kit {installed} is installed")
-            raise KitInstallError("kit is not installed and there is no data repo to take its wheel from: "
-                                  "set data (the split that `kit split --push-to` made) or kit_source (a pip spec)")
+            raise KitInstallError(
+                "kit is not installed and there is no data repo to take its wheel from: "
+                "set data (the split that `kit split --push-to` made) or kit_source (a pip spec)"
+            )
         try:
             wanted, spec = run_wheel(data)
         except KitInstallError as err:
@@ -178,14 +193,18 @@ def install_kit(kit_source: str = "", data: str = "") -> None:
         if installed and (wanted is None or wanted == installed):
             return _say(f"kit {installed} is installed" + ("" if wanted is None else f", the version {data} names"))
         if spec is None:
-            raise KitInstallError(f"{data} carries no kit wheel (it was pushed by an older kit): push the split again "
-                                  "with `python -m kit split ... --push-to`, or set kit_source to a pip spec")
+            raise KitInstallError(
+                f"{data} carries no kit wheel (it was pushed by an older kit): push the split again "
+                "with `python -m kit split ... --push-to`, or set kit_source to a pip spec"
+            )
     extras = pip_install(spec)
     importlib.invalidate_caches()
     now = installed_kit_version()
     if now is None:
-        raise KitInstallError(f"kit from {spec} installed, but `import kit.train` still fails: set kit_source to "
-                              "another kit (a wheel file, a checkout's folder or a git URL)")
+        raise KitInstallError(
+            f"kit from {spec} installed, but `import kit.train` still fails: set kit_source to "
+            "another kit (a wheel file, a checkout's folder or a git URL)"
+        )
     note = f"installed kit {now} ({extras}) from {kit_source or data}; torch {importlib.metadata.version('torch')} kept"
     if "kit" in sys.modules and installed:  # this kernel already imported the old kit: it keeps it until a restart
         note += f". This session imported kit {installed} before: restart the runtime, then Run all again"
@@ -201,31 +220,28 @@ install_kit(kit_source, eval_data)
 # %%
 # `sources` (comma-separated shard or adapter folders) overrides `run`'s finished shards.
 # `preset`/`overrides` only set how candidates are scored (the model they load, eval sizes).
-from kit.compare import adapter_evaluator, eval_config, format_table, load_schema, merge_and_compare
-from kit.config import parse_overrides
-from kit.merge import find_shard_adapters
+import kit
 
-source_list = [s.strip() for s in sources.split(",") if s.strip()] or find_shard_adapters(run)
+kit.show_errors_first()  # a merge kit refuses (incompatible adapters, a bad `out`) shows why first
+source_list = [s.strip() for s in sources.split(",") if s.strip()] or kit.find_shard_adapters(run)
 evaluator = None
 if eval_data:
-    cfg = eval_config(preset, parse_overrides(overrides), source_list)
-    evaluator = adapter_evaluator(cfg, eval_data, load_schema(schema) if schema else None)
-report = merge_and_compare(
-    source_list, out, strategy, [float(w) for w in weights.split(",")] if weights else None, method, rank or None,
+    cfg = kit.eval_config(preset, kit.parse_overrides(overrides), source_list)
+    evaluator = kit.adapter_evaluator(cfg, eval_data, kit.load_schema(schema) if schema else None)
+report = kit.merge_and_compare(
+    source_list, out, strategy, kit.parse_weights(weights), method, rank or None,
     evaluator, eval_data=eval_data or None, schema=schema or None,
 )
 merge = report["merge"]
 print(f"{strategy} ({method}): chose {report['chosen']}; weights {dict(zip(merge['names'], merge['weights']))}; "
       f"rank {merge['rank']}; relative error {merge['relative_error']:.3g}")
 print(*report["compatibility_notes"], sep="\n")
-print(format_table(report["results"]))
+print(kit.format_scores(report["results"]))
 
 # %%
 # The scores as bars (needs matplotlib, which Colab and Kaggle have; the table above holds the same numbers).
 if report["results"]:
-    from kit.compare import plot_comparison
-
-    png = plot_comparison(report["results"], f"{out}/merge_scores.png")  # None (and a line why) without matplotlib
+    png = kit.plot_comparison(report["results"], f"{out}/merge_scores.png")  # None (and a line why) without matplotlib
     if png is not None:
         from IPython.display import Image, display
 

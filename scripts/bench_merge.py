@@ -39,16 +39,27 @@ def linear_shapes(hidden: int, layers: int, intermediate: int, heads: int, kv_he
     """module name -> (out_features, in_features) of every linear layer PEFT's all-linear targets."""
     kv = kv_heads * (hidden // heads)
     per_layer = {
-        "self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden),
-        "self_attn.o_proj": (hidden, hidden), "mlp.gate_proj": (intermediate, hidden),
-        "mlp.up_proj": (intermediate, hidden), "mlp.down_proj": (hidden, intermediate),
+        "self_attn.q_proj": (hidden, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, hidden),
+        "mlp.gate_proj": (intermediate, hidden),
+        "mlp.up_proj": (intermediate, hidden),
+        "mlp.down_proj": (hidden, intermediate),
     }
     return {f"model.layers.{i}.{name}": shape for i in range(layers) for name, shape in per_layer.items()}
 
 
 def write_adapter(
-    folder: Path, shapes: dict[str, tuple[int, int]], r: int, alpha: int, seed: int, base: str = "bench/base",
-    use_rslora: bool = False, train_examples: int | None = None, dtype: torch.dtype = torch.float32,
+    folder: Path,
+    shapes: dict[str, tuple[int, int]],
+    r: int,
+    alpha: int,
+    seed: int,
+    base: str = "bench/base",
+    use_rslora: bool = False,
+    train_examples: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """A PEFT LoRA adapter folder with random factors (B non-zero, as if trained), written without a model."""
     gen = torch.Generator().manual_seed(seed)
@@ -62,9 +73,20 @@ def write_adapter(
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     targets = sorted({m.rsplit(".", 1)[-1] for m in shapes})
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "revision": None,
-        "r": r, "lora_alpha": alpha, "use_rslora": use_rslora, "target_modules": targets, "bias": "none",
-        "use_dora": False, "lora_dropout": 0.0, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {},
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "revision": None,
+        "r": r,
+        "lora_alpha": alpha,
+        "use_rslora": use_rslora,
+        "target_modules": targets,
+        "bias": "none",
+        "use_dora": False,
+        "lora_dropout": 0.0,
+        "fan_in_fan_out": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
         "inference_mode": True,
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
@@ -88,25 +110,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, python {platform.python_version()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, python {platform.python_version()}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="kit-bench-merge-") as tmp:
         for shape_name in args.shapes.split(","):
             shapes = linear_shapes(**SHAPES[shape_name])
-            sources = [write_adapter(Path(tmp) / shape_name / f"a{i}", shapes, args.rank, 2 * args.rank, seed=i)
-                       for i in range(args.adapters)]
+            sources = [
+                write_adapter(Path(tmp) / shape_name / f"a{i}", shapes, args.rank, 2 * args.rank, seed=i)
+                for i in range(args.adapters)
+            ]
             size = sum((s / "adapter_model.safetensors").stat().st_size for s in sources)
             for method in args.methods.split(","):
                 times, record = [], None
                 for _ in range(args.repeat):
                     start = time.perf_counter()
-                    record = merge_adapters(sources, Path(tmp) / "out" / f"{shape_name}-{method}", method=method,
-                                            rank=args.svd_rank if method == "svd" else None)
+                    record = merge_adapters(
+                        sources,
+                        Path(tmp) / "out" / f"{shape_name}-{method}",
+                        method=method,
+                        rank=args.svd_rank if method == "svd" else None,
+                    )
                     times.append(time.perf_counter() - start)
-                row = {"shape": shape_name, "method": method, "modules": record["modules"], "rank": record["rank"],
-                       "adapters_mb": round(size / 2**20, 1), "seconds": round(statistics.median(times), 2),
-                       "relative_error": float(f"{record['relative_error']:.3g}")}
+                row = {
+                    "shape": shape_name,
+                    "method": method,
+                    "modules": record["modules"],
+                    "rank": record["rank"],
+                    "adapters_mb": round(size / 2**20, 1),
+                    "seconds": round(statistics.median(times), 2),
+                    "relative_error": float(f"{record['relative_error']:.3g}"),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows

@@ -99,8 +99,13 @@ def step_plan(lengths: list[int], budget: int, n_steps: int, seed: int) -> dict[
     # Consecutive grouped steps all come from one mega-batch sorted long-to-short (and the first holds the
     # longest examples on purpose), so a few of them would not represent the mix: draw them at random.
     grouped = [grouped[k] for k in random.Random(seed + 1).sample(range(1, len(grouped)), n_steps)]
-    return {"pad_max": same, "dynamic": same, "dynamic_grouped": grouped, "padding_free": same,
-            "padding_free_split": same}
+    return {
+        "pad_max": same,
+        "dynamic": same,
+        "dynamic_grouped": grouped,
+        "padding_free": same,
+        "padding_free_split": same,
+    }
 
 
 def lora_model(path: Path):
@@ -175,11 +180,15 @@ def bench_model(name: str, budget: int, steps: int, seed: int) -> dict:
 
 def print_table(name: str, budget: int, steps: int, results: dict) -> None:
     base = results["padding_free"]["tokens_per_s"]
-    print(f"\n{name}: {steps} timed steps per mode, {budget} real tokens per step "
-          "(fp32, LoRA r=16 all-linear; sdpa except padding_free_split)")
+    print(
+        f"\n{name}: {steps} timed steps per mode, {budget} real tokens per step "
+        "(fp32, LoRA r=16 all-linear; sdpa except padding_free_split)"
+    )
     split = results["padding_free_split"]["tokens_per_s"]
-    print(f"{'mode':<19} {'tokens/s':>10} {'padding':>8} {'real tokens':>12} {'seconds':>8} "
-          f"{'padding-free is':>16} {'split is':>9}")
+    print(
+        f"{'mode':<19} {'tokens/s':>10} {'padding':>8} {'real tokens':>12} {'seconds':>8} "
+        f"{'padding-free is':>16} {'split is':>9}"
+    )
     for mode in MODES:
         r = results[mode]
         print(
@@ -192,9 +201,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default: tiny 3, smollm2 1)")
-    parser.add_argument("--budget", type=int, default=None, help="real tokens per step (default: tiny 2048, smollm2 1024)")
+    parser.add_argument(
+        "--budget", type=int, default=None, help="real tokens per step (default: tiny 2048, smollm2 1024)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print the last model's results as one JSON line at the end")
+    parser.add_argument(
+        "--json", action="store_true", help="print the last model's results as one JSON line at the end"
+    )
     args = parser.parse_args(argv)
 
     names = ["tiny", "smollm2"] if args.model == "both" else [args.model]

@@ -19,8 +19,9 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARGS = ["-q", "--ignore=tests/test_fresh_runtime.py", "--ignore=tests/test_installed_wheel.py"]
@@ -44,7 +45,7 @@ def dev_tools() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    args = argv[argv.index("--") + 1:] if "--" in argv else DEFAULT_ARGS
+    args = argv[argv.index("--") + 1 :] if "--" in argv else DEFAULT_ARGS
     venv = ROOT / ".floors-venv"
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "-q"]
@@ -55,13 +56,20 @@ def main(argv: list[str]) -> int:
     check = subprocess.run([*pip[:3], "check"], capture_output=True, text=True)
     names = [re.split(r"[=<>]", p)[0] for p in floors()]
     shown = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
-    print("floors installed:", ", ".join(line for line in shown.splitlines()
-                                         if line.split("==")[0].lower().replace("_", "-") in
-                                         {n.lower().replace("_", "-") for n in names}), flush=True)
+    print(
+        "floors installed:",
+        ", ".join(
+            line
+            for line in shown.splitlines()
+            if line.split("==")[0].lower().replace("_", "-") in {n.lower().replace("_", "-") for n in names}
+        ),
+        flush=True,
+    )
     if check.returncode != 0:
         print(f"pip check: {check.stdout.strip()}", flush=True)
-    return subprocess.run([str(python), "-m", "pytest", *args], cwd=ROOT,
-                          env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}).returncode
+    return subprocess.run(
+        [str(python), "-m", "pytest", *args], cwd=ROOT, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    ).returncode
 
 
 if __name__ == "__main__":

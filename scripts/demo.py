@@ -42,7 +42,13 @@ N_RECORDS = 3000
 
 def run_notebook(name: str, out_dir: Path, params: dict, label: str) -> subprocess.Popen:
     """Start papermill on notebooks/NAME.ipynb in the background; its output notebook is kept."""
-    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{name}.ipynb"), str(out_dir / f"{label}.ipynb")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(out_dir / f"{label}.ipynb"),
+    ]
     for key, value in params.items():
         cmd += ["-p", key, str(value)]
     cmd += ["--cwd", str(ROOT), "--log-output", "--no-progress-bar"]
@@ -122,7 +128,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "demo-out"))
     parser.add_argument("--records", type=int, default=N_RECORDS)
     parser.add_argument("--preset", default=PRESET, help="cpu-demo; cpu-tiny gives a quick smoke run of the same steps")
-    parser.add_argument("--set", default="", help="overrides for every notebook, e.g. 'train.max_steps=20; train.save_steps=5'")
+    parser.add_argument(
+        "--set", default="", help="overrides for every notebook, e.g. 'train.max_steps=20; train.save_steps=5'"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     out = Path(args.out).resolve()
@@ -135,7 +143,12 @@ def main() -> None:
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
     print("2/5 split (notebooks/split.ipynb)")
-    wait(run_notebook("split", nb_dir, {"input_path": data, "num_shards": 2, "out": shards, "eval_fraction": 0.02}, "split"), "split")
+    wait(
+        run_notebook(
+            "split", nb_dir, {"input_path": data, "num_shards": 2, "out": shards, "eval_fraction": 0.02}, "split"
+        ),
+        "split",
+    )
 
     print("3/5 train shard 0 (notebooks/train_shard.ipynb)")
     train = {"preset": args.preset, "data": shards, "output": run, "overrides": args.set}
@@ -187,7 +200,11 @@ def build_report(merge_report: Path, shards: Path, seconds: float) -> dict:
 
 
 def print_table(report: dict) -> None:
-    rows = [("base", report["base"])] + [(f"shard {i}", r) for i, r in enumerate(report["shards"])] + [("merged", report["merged"])]
+    rows = (
+        [("base", report["base"])]
+        + [(f"shard {i}", r) for i, r in enumerate(report["shards"])]
+        + [("merged", report["merged"])]
+    )
     print(f"\n{'model':<10}{'eval_loss':>12}{'json_valid':>12}{'task_acc':>12}")
     for name, r in rows:
         print(f"{name:<10}{r['eval_loss']:>12.4f}{r['json_valid_rate']:>12.1%}{r['task_accuracy']:>12.1%}")

@@ -107,7 +107,6 @@ def _with(phrases: list[str]) -> str:
     return f" with {_join(phrases)}" if phrases else ""
 
 
-
 # Each template takes the phrase pieces `p` and returns the request. Constraint
 # order differs between templates so position alone never gives a number away.
 TEMPLATES = (
@@ -116,13 +115,17 @@ TEMPLATES = (
     lambda p: f"Plan {p['a_type']}: {', '.join([p['area'], p['bed'], p['bath'], *p['extras']])}.",
     lambda p: f"{p['area']} {p['type']}, {', '.join([p['bed'], p['bath'], *p['extras']])}. Layout as JSON, please.",
     lambda p: f"Can you lay out {p['a_type']} with {p['bath']} and {p['bed']} in {p['area']}{_with(p['extras'])}?",
-    lambda p: f"Give me a {p['bed_adj']} {p['type']} plan. Total area: {p['area']}. Bathrooms: {p['bath_n']}."
-    + (f" Also: {_join(p['extras'])}." if p["extras"] else ""),
+    lambda p: (
+        f"Give me a {p['bed_adj']} {p['type']} plan. Total area: {p['area']}. Bathrooms: {p['bath_n']}."
+        + (f" Also: {_join(p['extras'])}." if p["extras"] else "")
+    ),
     lambda p: f"Sketch {p['a_type']} of {p['area']} having {', '.join([p['bed'], *p['extras']])} and {p['bath']}.",
     lambda p: f"My plot fits {p['area']}. I want {p['a_type']} with {_join([p['bed'], p['bath'], *p['extras']])}.",
     lambda p: f"We want {p['bed']} and {p['bath']} in a {p['area']} {p['type']}{_with(p['extras'])}. Output JSON.",
-    lambda p: f"Floor plan request. type: {p['type']}; bedrooms: {p['bed_n']}; bathrooms: {p['bath_n']}; "
-    f"area: {p['area']}{p['key_values']}.",
+    lambda p: (
+        f"Floor plan request. type: {p['type']}; bedrooms: {p['bed_n']}; bathrooms: {p['bath_n']}; "
+        f"area: {p['area']}{p['key_values']}."
+    ),
 )
 
 

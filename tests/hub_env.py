@@ -1,7 +1,7 @@
 """Point the real huggingface_hub client at the local test Hub (tests/hub_server.py).
 
 Owns: the environment a test process needs before anything imports
-huggingface_hub or transformers (see /work/shared/HUB-PROTOCOL.md, "Environment").
+huggingface_hub or transformers (see the project brief's HUB-PROTOCOL.md, "Environment").
 huggingface_hub reads HF_ENDPOINT once, at import, so `configure_hub_env` must run
 first: tests/conftest.py calls it at import time; a standalone test module calls
 it at module level (or uses `ensure_hub_env`, which reuses what conftest set).
@@ -13,6 +13,7 @@ Usage:
     from hub_env import configure_hub_env   # tests/ is on sys.path under pytest
     port = configure_hub_env("/tmp/some-hf-home")   # then import huggingface_hub
 """
+
 from __future__ import annotations
 
 import os

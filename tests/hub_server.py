@@ -2,7 +2,7 @@
 
 Owns: `HubServer`, a local HTTP server that speaks the part of the Hub's wire
 protocol huggingface_hub 2.4 uses for kit's work (repos, commits, downloads; see
-/work/shared/HUB-PROTOCOL.md), with git-like semantics: every commit is an
+the project brief's HUB-PROTOCOL.md), with git-like semantics: every commit is an
 immutable snapshot with a 40-hex sha, branches point at commits, a stale
 `parentCommit` is refused with 412. It is strict on purpose: a request it does
 not implement is answered 404 and recorded in `server.unhandled`, so a test can
@@ -21,8 +21,9 @@ see tests/hub_env.py):
     server.stop()
 
 Tested by tests/test_hub_server.py:
-    cd /work/main && .venv/bin/python -m pytest tests/test_hub_server.py -q
+    .venv/bin/python -m pytest tests/test_hub_server.py -q
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,11 +35,11 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
-from typing import Iterable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -135,7 +136,7 @@ class HubServer:
 
     # ---- lifecycle -------------------------------------------------------
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         handler = type("_BoundHandler", (_Handler,), {"hub": self})
         self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
         self._httpd.daemon_threads = True
@@ -154,7 +155,7 @@ class HubServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start() if self._httpd is None else self
 
     def __exit__(self, *exc) -> None:
@@ -242,7 +243,9 @@ class HubServer:
             self._fault_seen: dict[tuple[str, str], int] = {}
             self.faults_injected = 0
 
-    def set_delay(self, seconds: float, paths: Iterable[str] | None = None, methods: Iterable[str] | None = None) -> None:
+    def set_delay(
+        self, seconds: float, paths: Iterable[str] | None = None, methods: Iterable[str] | None = None
+    ) -> None:
         """Sleep `seconds` before applying matching requests (slow uploads).
 
         The body has been received but nothing is applied yet, so a client
@@ -299,7 +302,7 @@ class HubServer:
 
     def _resolve(self, repo: _Repo, revision: str) -> _Commit:
         if revision.startswith("refs/heads/"):
-            revision = revision[len("refs/heads/"):]
+            revision = revision[len("refs/heads/") :]
         if revision in repo.branches:
             return repo.commits[repo.branches[revision]]
         if revision in repo.commits:
@@ -310,8 +313,9 @@ class HubServer:
                 return repo.commits[found[0]]
         raise HttpError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
-    def _new_commit(self, repo: _Repo, parent: str | None, summary: str, description: str,
-                    files: dict[str, _Blob]) -> _Commit:
+    def _new_commit(
+        self, repo: _Repo, parent: str | None, summary: str, description: str, files: dict[str, _Blob]
+    ) -> _Commit:
         tree = "\n".join(f"{p} {b.oid}" for p, b in sorted(files.items()))
         seed = f"{repo.repo_type}/{repo.repo_id}\n{parent}\n{summary}\n{next(self._counter)}\n{tree}"
         sha = hashlib.sha1(seed.encode()).hexdigest()
@@ -527,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(body or b"{}")
         except ValueError:
-            raise HttpError(400, "Request body is not valid JSON")
+            raise HttpError(400, "Request body is not valid JSON") from None
 
     def _readable_repo(self, repo_type: str, repo_id: str) -> _Repo:
         """The repo, hidden as RepoNotFound (401 without a token) when private."""
@@ -541,13 +545,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _whoami(self):
         self._require_auth()
-        return 200, {}, {
-            "type": "user",
-            "name": self.hub.user,
-            "fullname": "kit test user",
-            "orgs": [],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "kit-test", "role": "write"}},
-        }
+        return (
+            200,
+            {},
+            {
+                "type": "user",
+                "name": self.hub.user,
+                "fullname": "kit test user",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "kit-test", "role": "write"}},
+            },
+        )
 
     def _create_repo(self, body: bytes):
         self._require_auth()
@@ -591,22 +599,26 @@ class _Handler(BaseHTTPRequestHandler):
                 sibling.update(size=len(blob.data), blobId=blob.oid)
             siblings.append(sibling)
         author = repo_id.split("/")[0]
-        return 200, {}, {
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
-            "id": repo_id,
-            "author": author,
-            "sha": commit.sha,
-            "lastModified": commit.date,
-            "createdAt": repo.created,
-            "private": repo.private,
-            "gated": False,
-            "disabled": False,
-            "downloads": 0,
-            "likes": 0,
-            # The model-card code loops over tags: never leave them out.
-            "tags": [],
-            "siblings": siblings,
-        }
+        return (
+            200,
+            {},
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": author,
+                "sha": commit.sha,
+                "lastModified": commit.date,
+                "createdAt": repo.created,
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                # The model-card code loops over tags: never leave them out.
+                "tags": [],
+                "siblings": siblings,
+            },
+        )
 
     def _tree(self, repo_type, repo_id, revision, path, query):
         hub = self.hub
@@ -618,11 +630,12 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         under = {p: b for p, b in commit.files.items() if p.startswith(prefix)}
         if prefix and not under:
-            raise HttpError(404, f"Path {path} not found in {repo_id}@{revision}", "EntryNotFound",
-                            {"X-Repo-Commit": commit.sha})
+            raise HttpError(
+                404, f"Path {path} not found in {repo_id}@{revision}", "EntryNotFound", {"X-Repo-Commit": commit.sha}
+            )
         files, dirs = [], {}
         for p, blob in sorted(under.items()):
-            rel_parts = p[len(prefix):].split("/")
+            rel_parts = p[len(prefix) :].split("/")
             # Every directory between `prefix` and the file, or only the first if not recursive.
             depth = len(rel_parts) - 1 if recursive else min(1, len(rel_parts) - 1)
             for i in range(1, depth + 1):
@@ -633,7 +646,12 @@ class _Handler(BaseHTTPRequestHandler):
                     entry["lastCommit"] = {"id": commit.sha, "title": commit.summary, "date": commit.date}
                 files.append(entry)
         entries = [
-            {"type": "directory", "oid": hashlib.sha1(f"{d}:{' '.join(oids)}".encode()).hexdigest(), "size": 0, "path": d}
+            {
+                "type": "directory",
+                "oid": hashlib.sha1(f"{d}:{' '.join(oids)}".encode()).hexdigest(),
+                "size": 0,
+                "path": d,
+            }
             for d, oids in sorted(dirs.items())
         ]
         return 200, {}, sorted(entries + files, key=lambda e: e["path"])
@@ -666,7 +684,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         except (ValueError, UnicodeDecodeError):
-            raise HttpError(400, "Commit body is not NDJSON")
+            raise HttpError(400, "Commit body is not NDJSON") from None
         if not lines or lines[0].get("key") != "header":
             raise HttpError(400, "Commit body must start with a header line")
         header = lines[0].get("value") or {}
@@ -683,7 +701,7 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     data = base64.b64decode(value.get("content", ""), validate=True)
                 except (binascii.Error, ValueError):
-                    raise HttpError(400, f"Invalid base64 content for {value.get('path')!r}")
+                    raise HttpError(400, f"Invalid base64 content for {value.get('path')!r}") from None
                 ops.append(("add", _clean_path(value.get("path")), _Blob(data, git_blob_oid(data))))
             elif key in ("deletedFile", "deletedFolder"):
                 ops.append((key, _clean_path(str(value.get("path", "")).rstrip("/")), None))
@@ -713,13 +731,17 @@ class _Handler(BaseHTTPRequestHandler):
                         del files[p]
             commit = hub._new_commit(repo, head_sha, summary, header.get("description") or "", files)
             repo.branches[revision] = commit.sha
-        return 200, {}, {
-            "success": True,
-            "commitOid": commit.sha,
-            "commitUrl": f"{hub.repo_url(repo_type, repo_id)}/commit/{commit.sha}",
-            "hookOutput": "",
-            "pullRequestUrl": None,
-        }
+        return (
+            200,
+            {},
+            {
+                "success": True,
+                "commitOid": commit.sha,
+                "commitUrl": f"{hub.repo_url(repo_type, repo_id)}/commit/{commit.sha}",
+                "hookOutput": "",
+                "pullRequestUrl": None,
+            },
+        )
 
     def _commit_log(self, repo_type, repo_id, revision):
         """list_repo_commits: newest first, following parents (one page, no Link header)."""
@@ -728,8 +750,15 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._readable_repo(repo_type, repo_id)
             commit, log = hub._resolve(repo, revision), []
             while commit is not None:
-                log.append({"id": commit.sha, "title": commit.summary, "message": commit.description,
-                            "authors": [{"user": hub.user}], "date": commit.date})
+                log.append(
+                    {
+                        "id": commit.sha,
+                        "title": commit.summary,
+                        "message": commit.description,
+                        "authors": [{"user": hub.user}],
+                        "date": commit.date,
+                    }
+                )
                 commit = repo.commits.get(commit.parent) if commit.parent else None
         return 200, {}, log
 
@@ -740,8 +769,11 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._readable_repo(repo_type, repo_id)
             if method == "DELETE":
                 if branch == "main" or branch not in repo.branches:
-                    raise HttpError(400 if branch == "main" else 404, f"Cannot delete branch {branch}",
-                                    None if branch == "main" else "RevisionNotFound")
+                    raise HttpError(
+                        400 if branch == "main" else 404,
+                        f"Cannot delete branch {branch}",
+                        None if branch == "main" else "RevisionNotFound",
+                    )
                 del repo.branches[branch]
                 return 200, {}, {}
             if branch in repo.branches:
@@ -757,8 +789,9 @@ class _Handler(BaseHTTPRequestHandler):
             commit = hub._resolve(repo, revision)
         blob = commit.files.get(path)
         if blob is None:
-            raise HttpError(404, f"Entry not found: {path} in {repo_id}@{revision}", "EntryNotFound",
-                            {"X-Repo-Commit": commit.sha})
+            raise HttpError(
+                404, f"Entry not found: {path} in {repo_id}@{revision}", "EntryNotFound", {"X-Repo-Commit": commit.sha}
+            )
         headers = {
             "X-Repo-Commit": commit.sha,
             "ETag": f'"{blob.oid}"',
@@ -773,5 +806,5 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= len(data):
                 raise HttpError(416, "Range not satisfiable", headers={"Content-Range": f"bytes */{len(data)}"})
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            data, status = data[start:end + 1], 206
+            data, status = data[start : end + 1], 206
         return status, headers, data

@@ -95,8 +95,14 @@ def test_generation_with_a_kv_cache_gives_exactly_sdpas_tokens_and_scores(tiny_m
     for attn in ("sdpa", NAME):
         model = load_tiny(tiny_model_dir, attn).eval()
         out[attn] = model.generate(
-            input_ids=prompts, attention_mask=mask, max_new_tokens=8, do_sample=False, use_cache=True,
-            output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+            input_ids=prompts,
+            attention_mask=mask,
+            max_new_tokens=8,
+            do_sample=False,
+            use_cache=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
         )
     assert torch.equal(out[NAME].sequences, out["sdpa"].sequences)
     assert all(torch.equal(a, b) for a, b in zip(out[NAME].scores, out["sdpa"].scores))
@@ -119,8 +125,10 @@ def test_a_packed_run_with_kit_packed_sdpa_resumes_to_the_same_adapter(small_spl
         return registered(module, query, key, value, attention_mask, **kwargs)
 
     monkeypatch.setitem(AttentionInterface._global_mapping, NAME, counted)
-    cfg = load_config("cpu-tiny", OVERRIDES + [
-        "data.padding_free=true", f"model.attn_implementation={NAME}", "train.max_tokens_per_batch=512"])
+    cfg = load_config(
+        "cpu-tiny",
+        OVERRIDES + ["data.padding_free=true", f"model.attn_implementation={NAME}", "train.max_tokens_per_batch=512"],
+    )
     straight = train_shard(cfg, small_split, 0, tmp_path / "straight")
     assert any(calls), "no training step reached kit_packed_sdpa's packed path"
     with pytest.raises(Crash):

@@ -96,7 +96,11 @@ def test_packing_dataloader_yields_packed_rows_within_the_budget(tokenizer):
     import datasets
 
     lengths = [5, 9, 3, 12, 7, 4, 8]
-    rows = {"input_ids": [list(range(10, 10 + n)) for n in lengths], "labels": [list(range(10, 10 + n)) for n in lengths], "length": lengths}
+    rows = {
+        "input_ids": [list(range(10, 10 + n)) for n in lengths],
+        "labels": [list(range(10, 10 + n)) for n in lengths],
+        "length": lengths,
+    }
     loader = packing_dataloader(datasets.Dataset.from_dict(rows), SFTCollator(tokenizer, padding_free=True), 16, seed=0)
     seen = 0
     for batch in loader:

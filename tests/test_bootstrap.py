@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import load_script
+
 from kit.bootstrap import KitInstallError, install_extras, install_kit, pip_install, pip_target, run_wheel
 from kit.wheel import build_wheel, kit_version
 
@@ -37,7 +37,9 @@ def test_the_install_cell_defines_itself_on_a_bare_interpreter():
 def test_a_folder_split_names_its_wheel_in_its_manifest(tmp_path):
     (tmp_path / "kit").mkdir()
     (tmp_path / "kit" / "kit-9.9-py3-none-any.whl").write_bytes(b"wheel")
-    (tmp_path / "manifest.json").write_text(json.dumps({"kit": {"version": "9.9", "wheel": "kit/kit-9.9-py3-none-any.whl"}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"kit": {"version": "9.9", "wheel": "kit/kit-9.9-py3-none-any.whl"}})
+    )
     assert run_wheel(str(tmp_path)) == ("9.9", str((tmp_path / "kit" / "kit-9.9-py3-none-any.whl").resolve()))
     (tmp_path / "manifest.json").write_text(json.dumps({"files": {}}))
     assert run_wheel(str(tmp_path)) == (None, None), "a split pushed by an older kit names no wheel"

@@ -77,7 +77,9 @@ def test_a_shard_that_fits_is_on_track_and_never_stopped():
 
 def test_time_already_used_by_setup_counts_against_the_session():
     clock = FakeClock()
-    budget = SessionBudget(1000, elapsed_s=300, clock=clock, warmup_steps=2, safety_s=100, save_guess_s=50, verbose=False)
+    budget = SessionBudget(
+        1000, elapsed_s=300, clock=clock, warmup_steps=2, safety_s=100, save_guess_s=50, verbose=False
+    )
     assert drive(budget, clock, max_steps=100) == 9  # 700 - 60 k < 210
 
 

@@ -1,6 +1,6 @@
 """`python -m kit`: every command has --help; user errors are one line and exit 2.
 
-    .venv/bin/python -m pytest tests/test_cli.py -q    # seconds, no network
+.venv/bin/python -m pytest tests/test_cli.py -q    # seconds, no network
 """
 
 import json
@@ -27,8 +27,22 @@ def test_split_from_the_command_line_writes_shards_and_manifest(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": "{}"}) + "\n" for i in range(21)))
     result = subprocess.run(
-        [sys.executable, "-m", "kit", "split", str(src), "--shards", "2", "--out", str(tmp_path / "s"), "--eval-fraction", "0.1"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "kit",
+            "split",
+            str(src),
+            "--shards",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--eval-fraction",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
@@ -44,8 +58,21 @@ def test_a_malformed_record_is_one_line_naming_file_and_line(tmp_path, capsys):
 
 
 def test_an_unknown_override_is_named_and_nothing_trains(tmp_path, capsys, small_split):
-    code = main(["train", "--preset", "cpu-tiny", "--data", str(small_split), "--shard", "0",
-                 "--output", str(tmp_path), "--set", "train.epochs=3"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cpu-tiny",
+            "--data",
+            str(small_split),
+            "--shard",
+            "0",
+            "--output",
+            str(tmp_path),
+            "--set",
+            "train.epochs=3",
+        ]
+    )
     assert code == 2
     assert "unknown key 'train.epochs'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -60,6 +87,8 @@ def test_weighted_merge_without_weights_or_sample_counts_says_what_to_add(tmp_pa
     from conftest import load_script
 
     # An adapter with no kit_adapter.json / metrics.json: weighted has no sample count to default to.
-    adapter = load_script("bench_merge").write_adapter(tmp_path / "a", {"model.layers.0.mlp.up_proj": (8, 4)}, r=2, alpha=4, seed=0)
+    adapter = load_script("bench_merge").write_adapter(
+        tmp_path / "a", {"model.layers.0.mlp.up_proj": (8, 4)}, r=2, alpha=4, seed=0
+    )
     assert main(["merge", str(adapter), "--strategy", "weighted", "--out", str(tmp_path / "m")]) == 2
     assert "--weights" in capsys.readouterr().err

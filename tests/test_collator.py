@@ -38,9 +38,16 @@ def test_the_docstring_worked_example_is_what_the_collator_returns():
 
 
 def test_padded_batches_pad_right_mask_the_pads_and_ignore_their_labels(tokenizer):
-    features = [{"input_ids": [11, 12, 13, 14], "labels": [-100, -100, 13, 14], "length": 4}, {"input_ids": [21], "labels": [21], "length": 1}]
+    features = [
+        {"input_ids": [11, 12, 13, 14], "labels": [-100, -100, 13, 14], "length": 4},
+        {"input_ids": [21], "labels": [21], "length": 1},
+    ]
     batch = SFTCollator(tokenizer)(features)
-    assert {k: tuple(v.shape) for k, v in batch.items()} == {"input_ids": (2, 4), "attention_mask": (2, 4), "labels": (2, 4)}
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {
+        "input_ids": (2, 4),
+        "attention_mask": (2, 4),
+        "labels": (2, 4),
+    }
     assert all(v.dtype == torch.long for v in batch.values())
     assert batch["input_ids"][1].tolist() == [21] + [tokenizer.pad_token_id] * 3
     assert batch["attention_mask"][1].tolist() == [1, 0, 0, 0]

@@ -14,10 +14,10 @@ import pytest
 from conftest import load_script
 
 from kit.cli import main
-from kit.compare import AdapterEvaluator, eval_config, format_table, merge_and_compare, pick_best, plot_comparison
-from kit.config import ConfigError, load_config
+from kit.compare import AdapterEvaluator, eval_config, format_scores, merge_and_compare, pick_best, plot_comparison
+from kit.config import load_config
+from kit.errors import ConfigError, MergeError
 from kit.evaluate import schema_valid_rate
-from kit.merge import MergeError
 
 bench = load_script("bench_merge")
 SHAPES = {"model.layers.0.self_attn.q_proj": (24, 16), "model.layers.1.mlp.down_proj": (16, 40)}
@@ -41,8 +41,12 @@ class FakeEvaluator:
 @pytest.fixture
 def sources(tmp_path):
     # Laid out as training leaves them (run/shard-0I/adapter): merge outputs go beside the run, never inside it.
-    return [bench.write_adapter(tmp_path / "run" / f"shard-0{i}" / "adapter", SHAPES, r=4, alpha=8, seed=i, train_examples=10 * (i + 1))
-            for i in range(4)]
+    return [
+        bench.write_adapter(
+            tmp_path / "run" / f"shard-0{i}" / "adapter", SHAPES, r=4, alpha=8, seed=i, train_examples=10 * (i + 1)
+        )
+        for i in range(4)
+    ]
 
 
 def row(loss, valid=0.5):
@@ -66,11 +70,16 @@ def test_a_near_tie_in_loss_is_broken_by_json_validity(sources, tmp_path):
 
 def test_greedy_adds_an_adapter_only_when_the_average_improves(sources, tmp_path):
     names = ["shard-00", "shard-01", "shard-02", "shard-03"]
-    scores = {"shard-00": row(2.0), "shard-01": row(1.0), "shard-02": row(1.5), "shard-03": row(1.2),
-              # order tried: 01, then +03 (better), then +02 (worse: rejected), then +00 (better)
-              frozenset(["shard-01", "shard-03"]): row(0.9),
-              frozenset(["shard-01", "shard-03", "shard-02"]): row(0.95),
-              frozenset(["shard-01", "shard-03", "shard-00"]): row(0.8)}
+    scores = {
+        "shard-00": row(2.0),
+        "shard-01": row(1.0),
+        "shard-02": row(1.5),
+        "shard-03": row(1.2),
+        # order tried: 01, then +03 (better), then +02 (worse: rejected), then +00 (better)
+        frozenset(["shard-01", "shard-03"]): row(0.9),
+        frozenset(["shard-01", "shard-03", "shard-02"]): row(0.95),
+        frozenset(["shard-01", "shard-03", "shard-00"]): row(0.8),
+    }
     evaluator = FakeEvaluator(scores)
     report = merge_and_compare(sources, tmp_path / "out", "greedy", evaluator=evaluator)
     assert [s["kept"] for s in report["greedy_steps"]] == [True, False, True]
@@ -81,24 +90,44 @@ def test_greedy_adds_an_adapter_only_when_the_average_improves(sources, tmp_path
 
 
 def test_average_scores_base_sources_and_the_merge_and_writes_report_and_card(sources, tmp_path):
-    scores = {"shard-00": row(2.0), "shard-01": row(1.5), "shard-02": row(1.8), "shard-03": row(2.5),
-              frozenset(["shard-00", "shard-01", "shard-02", "shard-03"]): row(1.25, 0.75)}
-    report = merge_and_compare(sources, tmp_path / "out", "weighted", evaluator=FakeEvaluator(scores),
-                               eval_data="shards/", method="svd", rank=2)
+    scores = {
+        "shard-00": row(2.0),
+        "shard-01": row(1.5),
+        "shard-02": row(1.8),
+        "shard-03": row(2.5),
+        frozenset(["shard-00", "shard-01", "shard-02", "shard-03"]): row(1.25, 0.75),
+    }
+    report = merge_and_compare(
+        sources,
+        tmp_path / "out",
+        "weighted",
+        evaluator=FakeEvaluator(scores),
+        eval_data="shards/",
+        method="svd",
+        rank=2,
+    )
     saved = json.loads((tmp_path / "out" / "merge_report.json").read_text())
     assert saved["results"]["merged"] == row(1.25, 0.75) and list(saved["results"])[0] == "base"
     # weighted without --weights: the shards' train_examples 10, 20, 30, 40
     assert saved["merge"]["weights"] == pytest.approx([0.1, 0.2, 0.3, 0.4]) and saved["merge"]["rank"] == 2
     card = (tmp_path / "out" / "README.md").read_text()
-    for expected in ("Strategy **weighted**", "Method **svd**", "shard-03", "0.4000", "Retained energy",
-                     f"{report['merge']['relative_error']:.3g}", "| merged | 1.2500 | 0.7500 |", "library_name: peft"):
+    for expected in (
+        "Strategy **weighted**",
+        "Method **svd**",
+        "shard-03",
+        "0.4000",
+        "Retained energy",
+        f"{report['merge']['relative_error']:.3g}",
+        "| merged | 1.2500 | 0.7500 |",
+        "library_name: peft",
+    ):
         assert expected in card, expected
 
 
 def test_best_without_eval_data_and_weights_without_weighted_are_refused(sources, tmp_path):
-    with pytest.raises(MergeError, match="--strategy best picks by eval scores: pass --eval-data"):
+    with pytest.raises(MergeError, match="strategy='best' picks by eval scores: give eval_data"):
         merge_and_compare(sources, tmp_path / "out", "best")
-    with pytest.raises(MergeError, match="--weights applies to --strategy weighted"):
+    with pytest.raises(MergeError, match="weights apply to strategy='weighted'"):
         merge_and_compare(sources, tmp_path / "out", "average", weights=[1, 2, 3, 4])
     assert not (tmp_path / "out").exists()
 
@@ -110,9 +139,9 @@ def test_schema_validity_counts_answers_that_parse_and_validate():
 
 
 def test_the_table_shows_a_schema_column_only_when_scored():
-    plain = format_table({"base": row(2.0), "merged": row(1.0, 1.0)})
+    plain = format_scores({"base": row(2.0), "merged": row(1.0, 1.0)})
     assert "schema_valid_rate" not in plain and "1.0000" in plain
-    scored = format_table({"base": {**row(2.0), "schema_valid_rate": 0.25}})
+    scored = format_scores({"base": {**row(2.0), "schema_valid_rate": 0.25}})
     assert "schema_valid_rate" in scored and "0.2500" in scored
 
 
@@ -133,7 +162,9 @@ def test_the_real_evaluator_scores_base_and_adapters_on_the_same_split(tiny_mode
     cfg = load_config("cpu-tiny", ["eval.generate_samples=2", "eval.max_new_tokens=4"])
     adapter = tmp_path / "a"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(adapter)
+    get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).save_pretrained(adapter)
     schema = {"type": "object"}
     evaluator = AdapterEvaluator(cfg, small_split, schema)
     before = evaluator("base", None)
@@ -146,8 +177,24 @@ def test_the_real_evaluator_scores_base_and_adapters_on_the_same_split(tiny_mode
 
 def test_the_merge_command_merges_scores_nothing_without_eval_data_and_refuses_bad_input(sources, tmp_path, capsys):
     out = tmp_path / "m"
-    assert main(["merge", *map(str, sources[:2]), "--strategy", "weighted", "--weights=3,-1", "--method", "svd",
-                 "--rank", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                *map(str, sources[:2]),
+                "--strategy",
+                "weighted",
+                "--weights=3,-1",
+                "--method",
+                "svd",
+                "--rank",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "weighted (svd): chose merged" in printed and "(nothing evaluated" in printed
     assert json.loads((out / "merge_report.json").read_text())["merge"]["weights"] == [1.5, -0.5]
@@ -156,7 +203,10 @@ def test_the_merge_command_merges_scores_nothing_without_eval_data_and_refuses_b
     assert main(["merge", *map(str, sources[:2]), "--out", str(tmp_path / "n")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: adapters are not compatible") and "shard-01: DoRA" in err and "Traceback" not in err
-    assert main(["merge", str(sources[0]), "--weights", "1,x", "--strategy", "weighted", "--out", str(tmp_path / "n")]) == 2
+    assert (
+        main(["merge", str(sources[0]), "--weights", "1,x", "--strategy", "weighted", "--out", str(tmp_path / "n")])
+        == 2
+    )
     assert "give numbers separated by commas" in capsys.readouterr().err
 
 

@@ -1,11 +1,12 @@
 """Presets and overrides: every shipped preset validates; bad keys and values are named.
 
-    .venv/bin/python -m pytest tests/test_config.py -q    # no network, no model
+.venv/bin/python -m pytest tests/test_config.py -q    # no network, no model
 """
 
 import pytest
 
-from kit.config import ConfigError, available_presets, expand_path, load_config, parse_overrides
+from kit.config import available_presets, expand_path, load_config, parse_overrides
+from kit.errors import ConfigError
 
 
 @pytest.mark.parametrize("preset", available_presets())
@@ -27,10 +28,28 @@ def test_every_preset_opens_with_the_command_that_runs_it():
 
 
 def test_overrides_replace_preset_values_with_their_types():
-    cfg = load_config("cpu-tiny", ["train.lr=1e-4", "lora.r=4", "train.bf16=false", "lora.target_modules=[q_proj, v_proj]"])
+    cfg = load_config(
+        "cpu-tiny", ["train.lr=1e-4", "lora.r=4", "train.precision=bf16", "lora.target_modules=[q_proj, v_proj]"]
+    )
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.lora.r == 4
     assert cfg.lora.target_modules == "q_proj,v_proj"
+    assert (cfg.train.bf16, cfg.train.fp16, cfg.train.dtype) == (True, False, "bfloat16")
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("model.dtype=bfloat16", "train.precision"),
+        ("train.fp16=true", "train.precision=fp16"),
+        ("train.bf16=true", "train.precision=bf16"),
+        ("model.load_in_4bit=true", "model.quantize=nf4"),
+    ],
+)
+def test_an_older_spelling_of_a_knob_is_refused_with_the_key_that_replaced_it(old, new):
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu-tiny", [old])
+    assert f"{old.split('=')[0]} is no longer a key: use {new}" in str(err.value)
 
 
 def test_an_unknown_key_is_named_with_a_suggestion():
@@ -93,7 +112,7 @@ def test_session_presets_stop_inside_their_platforms_limit(preset, hours):
 def test_cpu_presets_have_no_session_limit_and_no_platform_auto():
     for preset in ("cpu-tiny", "cpu-demo"):
         cfg = load_config(preset)
-        assert cfg.train.session_hours == 0 and cfg.train.precision == "" and cfg.model.quantize == ""
+        assert cfg.train.session_hours == 0 and cfg.train.precision == "fp32" and cfg.model.quantize == "none"
 
 
 def test_a_bad_precision_or_time_limit_is_named():

@@ -29,7 +29,7 @@ from kit.launch import torchrun_command
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["train.max_steps=4", "train.save_steps=2", "lora.dropout=0", "eval.generate_samples=2", "eval.max_new_tokens=8"]
 
-AUDIT = '''
+AUDIT = """
 import os, sys
 if os.environ.get("RANK") == "1":
     log = open(os.environ["KIT_TEST_WRITES"], "a", buffering=1)
@@ -43,7 +43,7 @@ if os.environ.get("RANK") == "1":
             log.write(str(args[1]) + "\\n")
     sys.addaudithook(hook)
     open(watched + "-probe", "w").close()  # positive control: proves the hook sees a Python write
-'''
+"""
 
 
 def adapter(run):
@@ -61,12 +61,24 @@ def test_two_cpu_processes_train_the_adapter_of_one_and_only_rank_0_writes(small
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(AUDIT)
     ddp, writes = tmp_path / "ddp", tmp_path / "rank1-writes.txt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)]), "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "KIT_TEST_WRITES": str(writes), "KIT_TEST_WATCH": str(ddp)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)]),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "KIT_TEST_WRITES": str(writes),
+        "KIT_TEST_WATCH": str(ddp),
+    }
     cmd = torchrun_command(2, "cpu-tiny", str(small_split), 0, str(ddp), [*TINY, "train.micro_batch_size=2"])
     assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run([*cmd[:6], "--redirects", "3", "--log-dir", str(tmp_path / "logs"), *cmd[6:]],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [*cmd[:6], "--redirects", "3", "--log-dir", str(tmp_path / "logs"), *cmd[6:]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     a, b = adapter(ddp), adapter(single)
@@ -94,8 +106,11 @@ def test_the_launcher_returns_the_hub_metrics_of_a_shard_done_before_this_machin
 
     api = HfApi()
     api.create_repo("kit-tester/done-run", private=True, exist_ok=True)
-    api.upload_file(path_or_fileobj=json.dumps({"eval_loss": 0.5}).encode(), path_in_repo="shard-02/metrics.json",
-                    repo_id="kit-tester/done-run")
+    api.upload_file(
+        path_or_fileobj=json.dumps({"eval_loss": 0.5}).encode(),
+        path_in_repo="shard-02/metrics.json",
+        repo_id="kit-tester/done-run",
+    )
 
     class FinishedAtOnce:  # torchrun's ranks saw the shard done on the Hub and exited without local files
         def __init__(self, *args, **kwargs):
@@ -105,5 +120,7 @@ def test_the_launcher_returns_the_hub_metrics_of_a_shard_done_before_this_machin
             return 0
 
     monkeypatch.setattr(kit.launch.subprocess, "Popen", FinishedAtOnce)
-    metrics = kit.launch.launch_shard(2, "cpu-tiny", [], "shards", 2, "hf://kit-tester/done-run", work_dir=str(tmp_path))
+    metrics = kit.launch.launch_shard(
+        2, "cpu-tiny", [], "shards", 2, "hf://kit-tester/done-run", work_dir=str(tmp_path)
+    )
     assert metrics == {"eval_loss": 0.5}

@@ -17,24 +17,28 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from hub_env import FAKE_TOKEN
 from venvs import Venv, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_TRANSFORMERS = "transformers==4.57.6"
-SHRINK = ("model.name_or_path=${KIT_CACHE}/models/tiny-smollm2; data.max_length=256; train.max_steps=4; "
-          "train.save_steps=2; train.grad_accum=1; train.warmup_steps=0; train.logging_steps=1; train.session_hours=0; "
-          "eval.generate_samples=2; eval.max_new_tokens=8")
+SHRINK = (
+    "model.name_or_path=${KIT_CACHE}/models/tiny-smollm2; data.max_length=256; train.max_steps=4; "
+    "train.save_steps=2; train.grad_accum=1; train.warmup_steps=0; train.logging_steps=1; train.session_hours=0; "
+    "eval.generate_samples=2; eval.max_new_tokens=8"
+)
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    return Venv.create(tmp_path_factory.mktemp("fresh-runtime") / "venv", "ipykernel", "papermill", "matplotlib",
-                       OLD_TRANSFORMERS)
+    return Venv.create(
+        tmp_path_factory.mktemp("fresh-runtime") / "venv", "ipykernel", "papermill", "matplotlib", OLD_TRANSFORMERS
+    )
 
 
-def test_run_all_on_a_fresh_runtime_installs_kit_from_the_data_repo_and_trains_qlora(runtime, hub, small_split, tmp_path):
+def test_run_all_on_a_fresh_runtime_installs_kit_from_the_data_repo_and_trains_qlora(
+    runtime, hub, small_split, tmp_path
+):
     from kit.data.shards import push_split
     from kit.wheel import kit_version
 
@@ -49,12 +53,42 @@ def test_run_all_on_a_fresh_runtime_installs_kit_from_the_data_repo_and_trains_q
     (folder / "kit").mkdir(parents=True)
     (folder / "kit" / "README.md").write_text("a clone of kit's repo: `import kit` finds this namespace folder\n")
     shutil.copy(ROOT / "notebooks" / "train_shard.ipynb", folder)
-    env = clean_env(KIT_INSTALL_EXTRAS="gpu", JUPYTER_PATH=str(tmp_path / "jupyter"), JUPYTER_DATA_DIR=str(tmp_path / "jupyter"),
-                    PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    parameters = ["-p", "shard_index", "0", "-p", "preset", "colab-t4", "-p", "data", f"hf://datasets/{data}",
-                  "-p", "output", f"hf://{run}", "-p", "overrides", SHRINK]
-    proc = runtime.run("-m", "papermill", "--log-output", "--no-progress-bar", *parameters, "train_shard.ipynb", "out.ipynb",
-                       cwd=folder, env=env, timeout=1500)
+    env = clean_env(
+        KIT_INSTALL_EXTRAS="gpu",
+        JUPYTER_PATH=str(tmp_path / "jupyter"),
+        JUPYTER_DATA_DIR=str(tmp_path / "jupyter"),
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    parameters = [
+        "-p",
+        "shard_index",
+        "0",
+        "-p",
+        "preset",
+        "colab-t4",
+        "-p",
+        "data",
+        f"hf://datasets/{data}",
+        "-p",
+        "output",
+        f"hf://{run}",
+        "-p",
+        "overrides",
+        SHRINK,
+    ]
+    proc = runtime.run(
+        "-m",
+        "papermill",
+        "--log-output",
+        "--no-progress-bar",
+        *parameters,
+        "train_shard.ipynb",
+        "out.ipynb",
+        cwd=folder,
+        env=env,
+        timeout=1500,
+    )
     executed = (folder / "out.ipynb").read_text() if (folder / "out.ipynb").is_file() else ""
     assert proc.returncode == 0, f"papermill failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -71,8 +105,17 @@ def test_run_all_on_a_fresh_runtime_installs_kit_from_the_data_repo_and_trains_q
     assert json.loads(files["shard-00/status.json"])["state"] == "done"
 
     # Run all again (a reconnect): nothing to install, nothing to train.
-    again = runtime.run("-m", "papermill", "--no-progress-bar", *parameters, "train_shard.ipynb", "out-again.ipynb",
-                        cwd=folder, env=env, timeout=900)
+    again = runtime.run(
+        "-m",
+        "papermill",
+        "--no-progress-bar",
+        *parameters,
+        "train_shard.ipynb",
+        "out-again.ipynb",
+        cwd=folder,
+        env=env,
+        timeout=900,
+    )
     rerun = (folder / "out-again.ipynb").read_text()
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"kit {kit_version()} is installed, the version hf://datasets/{data} names" in rerun
@@ -87,13 +130,32 @@ def test_without_a_wheel_or_network_the_install_cell_names_the_parameter_to_set(
     folder.mkdir()
     shutil.copy(ROOT / "notebooks" / "train_shard.ipynb", folder)
     # Port 9 (discard) on loopback: nothing listens, as on a runtime with no route to the Hub.
-    env = clean_env(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2",
-                    JUPYTER_PATH=str(tmp_path / "jupyter"), JUPYTER_DATA_DIR=str(tmp_path / "jupyter"))
+    env = clean_env(
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HF_HUB_ETAG_TIMEOUT="2",
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
+        JUPYTER_PATH=str(tmp_path / "jupyter"),
+        JUPYTER_DATA_DIR=str(tmp_path / "jupyter"),
+    )
     if runtime.version("kit") is not None:  # the test above installed it: take it out again
         runtime.pip("uninstall", "-y", "kit")
-    proc = runtime.run("-m", "papermill", "train_shard.ipynb", "out.ipynb", "--no-progress-bar",
-                       "-p", "data", "hf://datasets/nobody/unreachable", cwd=folder, env=env, timeout=600)
+    proc = runtime.run(
+        "-m",
+        "papermill",
+        "train_shard.ipynb",
+        "out.ipynb",
+        "--no-progress-bar",
+        "-p",
+        "data",
+        "hf://datasets/nobody/unreachable",
+        cwd=folder,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode != 0
     executed = (folder / "out.ipynb").read_text()
-    assert "KitInstallError" in executed and "could not read the kit wheel from hf://datasets/nobody/unreachable" in executed
+    assert (
+        "KitInstallError" in executed
+        and "could not read the kit wheel from hf://datasets/nobody/unreachable" in executed
+    )
     assert "set kit_source to a wheel file" in executed

@@ -12,8 +12,8 @@ starts from an empty work dir, is killed at the next moment, and so on; the
 last one runs to the end. After every kill the pointer (`shard-00/latest.json`)
 must name a checkpoint whose files on the Hub match its hashes, and the next
 run must say it resumes from exactly that checkpoint. Moments are reached with
-the server's delays (an upload held open) or kit's test pause
-(KIT_TEST_PAUSE_AT, kit/sync.py), never with sleeps.
+the server's delays (an upload held open) or a pause at an exact moment
+(tests/pause_runner.py, through kit's two test seams), never with sleeps.
 """
 
 from __future__ import annotations
@@ -68,12 +68,24 @@ class Run:
         self.work = tmp / f"work-{uuid.uuid4().hex[:6]}"
         self.shard_dir = self.work / "shard-00"
         self.log = tmp / f"{self.work.name}.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "KIT_TEST_PAUSE_AT")}
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
         env["PYTHONUNBUFFERED"] = "1"
-        if pause:
-            env["KIT_TEST_PAUSE_AT"] = pause
-        cmd = [sys.executable, "-m", "kit", "train", "--preset", "cpu-tiny", "--data", f"hf://datasets/{data_repo}",
-               "--shard", "0", "--output", f"hf://{run_repo}", "--work-dir", str(self.work)]
+        kit_cmd = [str(ROOT / "tests" / "pause_runner.py"), pause] if pause else ["-m", "kit"]
+        cmd = [
+            sys.executable,
+            *kit_cmd,
+            "train",
+            "--preset",
+            "cpu-tiny",
+            "--data",
+            f"hf://datasets/{data_repo}",
+            "--shard",
+            "0",
+            "--output",
+            f"hf://{run_repo}",
+            "--work-dir",
+            str(self.work),
+        ]
         for item in OVERRIDES:
             cmd += ["--set", item]
         with self.log.open("w") as out:
@@ -111,8 +123,11 @@ class Run:
 
 def commits_to(server, repo: str, needle: bytes, applied: bool | None = None):
     """Commit requests to `repo` whose body holds `needle` (a path); applied=False: not answered yet."""
-    found = [r for r in list(server.requests) if r.method == "POST" and r.path == f"/api/models/{repo}/commit/main"
-             and needle in r.body]
+    found = [
+        r
+        for r in list(server.requests)
+        if r.method == "POST" and r.path == f"/api/models/{repo}/commit/main" and needle in r.body
+    ]
     if applied is False:
         found = [r for r in found if r.status is None]
     return found
@@ -146,40 +161,76 @@ def _hold_commits_long(repo, data):
 
 
 KILL_POINTS = {
-    "while creating the repo": (None, lambda repo, data: ([r"^/api/repos/create$"], ["POST"]),
-                                lambda s, run, repo: any(r.path == "/api/repos/create" and repo.split("/")[1].encode() in r.body
-                                                         for r in list(s.requests))),
-    "while downloading its shard": (None, lambda repo, data: ([rf"^/datasets/{data}/resolve/"], ["GET"]),
-                                    lambda s, run, repo: any(r.method == "GET" and r.path.endswith("/shard-00.jsonl")
-                                                             and r.status is None for r in list(s.requests))),
+    "while creating the repo": (
+        None,
+        lambda repo, data: ([r"^/api/repos/create$"], ["POST"]),
+        lambda s, run, repo: any(
+            r.path == "/api/repos/create" and repo.split("/")[1].encode() in r.body for r in list(s.requests)
+        ),
+    ),
+    "while downloading its shard": (
+        None,
+        lambda repo, data: ([rf"^/datasets/{data}/resolve/"], ["GET"]),
+        lambda s, run, repo: any(
+            r.method == "GET" and r.path.endswith("/shard-00.jsonl") and r.status is None for r in list(s.requests)
+        ),
+    ),
     "during step 1": ("step:1", None, lambda s, run, repo: run.paused()),
     "during the upload of the first checkpoint, training running on": (
-        None, _hold_commits_long,
-        lambda s, run, repo: commits_to(s, repo, b"shard-00/checkpoint-2/adapter_model.safetensors", applied=False) and run.step() >= 3),
+        None,
+        _hold_commits_long,
+        lambda s, run, repo: (
+            commits_to(s, repo, b"shard-00/checkpoint-2/adapter_model.safetensors", applied=False) and run.step() >= 3
+        ),
+    ),
     "between the first checkpoint's upload and its pointer": ("pointer:2", None, lambda s, run, repo: run.paused()),
     "during step 3, checkpoint-2 on the Hub": (
-        "step:3", None, lambda s, run, repo: run.paused() and (pointer(s, repo) or {}).get("step") == 2),
+        "step:3",
+        None,
+        lambda s, run, repo: run.paused() and (pointer(s, repo) or {}).get("step") == 2,
+    ),
     "during the upload of a later checkpoint": (
-        None, _delay_commits,
-        lambda s, run, repo: commits_to(s, repo, b"shard-00/checkpoint-4/adapter_model.safetensors", applied=False)),
+        None,
+        _delay_commits,
+        lambda s, run, repo: commits_to(s, repo, b"shard-00/checkpoint-4/adapter_model.safetensors", applied=False),
+    ),
     "while downloading the checkpoint to resume from": (
-        None, lambda repo, data: ([rf"^/{repo}/resolve/[^/]+/shard-00/checkpoint-"], ["GET"]),
-        lambda s, run, repo: any(r.method == "GET" and "/shard-00/checkpoint-" in r.path and repo in r.path
-                                 and r.status is None for r in list(s.requests))),
+        None,
+        lambda repo, data: ([rf"^/{repo}/resolve/[^/]+/shard-00/checkpoint-"], ["GET"]),
+        lambda s, run, repo: any(
+            r.method == "GET" and "/shard-00/checkpoint-" in r.path and repo in r.path and r.status is None
+            for r in list(s.requests)
+        ),
+    ),
     "inside the save of checkpoint-4, before its marker": ("save:4", None, lambda s, run, repo: run.paused()),
     "during step 8, checkpoint-6 on the Hub": (
-        "step:8", None, lambda s, run, repo: run.paused() and (pointer(s, repo) or {}).get("step") == 6),
+        "step:8",
+        None,
+        lambda s, run, repo: run.paused() and (pointer(s, repo) or {}).get("step") == 6,
+    ),
     "during the final adapter push": (
-        None, _delay_commits, lambda s, run, repo: commits_to(s, repo, b"shard-00/adapter/adapter_model.safetensors", applied=False)),
+        None,
+        _delay_commits,
+        lambda s, run, repo: commits_to(s, repo, b"shard-00/adapter/adapter_model.safetensors", applied=False),
+    ),
 }
 
 CHAINS = {
-    "before-any-pointer": ["while creating the repo", "while downloading its shard", "during step 1",
-                           "during the upload of the first checkpoint, training running on",
-                           "between the first checkpoint's upload and its pointer"],
-    "after-pointers": ["during step 3, checkpoint-2 on the Hub", "during the upload of a later checkpoint",
-                       "while downloading the checkpoint to resume from", "inside the save of checkpoint-4, before its marker",
-                       "during step 8, checkpoint-6 on the Hub", "during the final adapter push"],
+    "before-any-pointer": [
+        "while creating the repo",
+        "while downloading its shard",
+        "during step 1",
+        "during the upload of the first checkpoint, training running on",
+        "between the first checkpoint's upload and its pointer",
+    ],
+    "after-pointers": [
+        "during step 3, checkpoint-2 on the Hub",
+        "during the upload of a later checkpoint",
+        "while downloading the checkpoint to resume from",
+        "inside the save of checkpoint-4, before its marker",
+        "during step 8, checkpoint-6 on the Hub",
+        "during the final adapter push",
+    ],
 }
 
 
@@ -195,8 +246,9 @@ def resumed_from(log: str) -> str | None:
 
 
 @pytest.mark.parametrize("chain", list(CHAINS))
-def test_a_run_killed_anywhere_resumes_from_the_hub_to_the_same_adapter(chain, hub_server, hub_data, reference, tmp_path,
-                                                                        monkeypatch):
+def test_a_run_killed_anywhere_resumes_from_the_hub_to_the_same_adapter(
+    chain, hub_server, hub_data, reference, tmp_path, monkeypatch
+):
     monkeypatch.setattr(remote_mod, "RETRY_BASE_DELAY_S", 0.05)
     repo = f"kit-tester/resume-{chain}-{uuid.uuid4().hex[:6]}"
     expected = "start"  # what the next run must resume from
@@ -209,7 +261,7 @@ def test_a_run_killed_anywhere_resumes_from_the_hub_to_the_same_adapter(chain, h
             hub_server.set_delay(hold, paths=paths, methods=methods)
         run = Run(tmp_path, hub_data, repo, pause)
         try:
-            run.wait_until(lambda: trigger(hub_server, run, repo), name)
+            run.wait_until(lambda trigger=trigger, run=run: trigger(hub_server, run, repo), name)
         finally:
             run.kill()
             hub_server.set_delay(0.0)

@@ -9,8 +9,9 @@ Runs alone or inside the suite: tests/conftest.py may already have pointed the
 environment at a server (fixture `hub_server`); then this module reuses it,
 else it configures the environment itself before importing huggingface_hub.
 
-    cd /work/main && .venv/bin/python -m pytest tests/test_hub_server.py -q
+    .venv/bin/python -m pytest tests/test_hub_server.py -q
 """
+
 from __future__ import annotations
 
 import copy
@@ -144,8 +145,9 @@ def test_a_private_dataset_repo_is_stored_private_and_hidden_from_anonymous_read
     url = api.create_repo(repo_id, repo_type="dataset", private=True)
     assert url == f"{hub.url}/datasets/{repo_id}"
     assert hub.is_private(repo_id, repo_type="dataset")
-    api.upload_file(path_or_fileobj=b'{"a": 1}\n', path_in_repo="data/train.jsonl", repo_id=repo_id,
-                    repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b'{"a": 1}\n', path_in_repo="data/train.jsonl", repo_id=repo_id, repo_type="dataset"
+    )
     info = api.dataset_info(repo_id)
     assert info.private is True and [s.rfilename for s in info.siblings] == [".gitattributes", "data/train.jsonl"]
     assert hub.files(repo_id, repo_type="dataset")["data/train.jsonl"] == b'{"a": 1}\n'
@@ -168,14 +170,25 @@ def test_upload_folder_and_upload_file_each_make_one_commit_with_the_exact_bytes
     api.upload_file(path_or_fileobj=b"# card\n", path_in_repo="README.md", repo_id=repo_id)
 
     commits = hub.commits(repo_id)
-    assert [c["summary"] for c in commits] == ["initial commit", "first upload", "Upload README.md with huggingface_hub"]
+    assert [c["summary"] for c in commits] == [
+        "initial commit",
+        "first upload",
+        "Upload README.md with huggingface_hub",
+    ]
     assert commits[1]["sha"] == info.oid
-    assert hub.files(repo_id) == {".gitattributes": hub.files(repo_id)[".gitattributes"], "README.md": b"# card\n",
-                                  **payload}
+    assert hub.files(repo_id) == {
+        ".gitattributes": hub.files(repo_id)[".gitattributes"],
+        "README.md": b"# card\n",
+        **payload,
+    }
     assert sorted(api.list_repo_files(repo_id)) == sorted([".gitattributes", "README.md", *payload])
     top = {(e.path, type(e).__name__) for e in api.list_repo_tree(repo_id)}
-    assert top == {(".gitattributes", "RepoFile"), ("README.md", "RepoFile"), ("config.json", "RepoFile"),
-                   ("weights", "RepoFolder")}
+    assert top == {
+        (".gitattributes", "RepoFile"),
+        ("README.md", "RepoFile"),
+        ("config.json", "RepoFile"),
+        ("weights", "RepoFolder"),
+    }
     under = {e.path: getattr(e, "size", None) for e in api.list_repo_tree(repo_id, "weights", recursive=True)}
     assert under == {"weights/adapter.safetensors": 10240, "weights/deep": None, "weights/deep/empty.txt": 0}
     # Unchanged files are skipped by the client (preupload reports their oid): no empty commit.
@@ -198,8 +211,9 @@ def test_create_commit_deletes_files_and_folders_and_refuses_a_stale_parent(hub,
     )
     assert sorted(hub.files(repo_id)) == [".gitattributes", "keep.txt", "new.txt"]
     with pytest.raises(HfHubHTTPError) as err:
-        api.create_commit(repo_id, [CommitOperationAdd("late.txt", b"x")], commit_message="late",
-                          parent_commit=first.oid)
+        api.create_commit(
+            repo_id, [CommitOperationAdd("late.txt", b"x")], commit_message="late", parent_commit=first.oid
+        )
     assert err.value.response.status_code == 412
     with pytest.raises(RemoteEntryNotFoundError):
         api.create_commit(repo_id, [CommitOperationDelete("never-was.txt")], commit_message="bad delete")
@@ -207,7 +221,12 @@ def test_create_commit_deletes_files_and_folders_and_refuses_a_stale_parent(hub,
     assert hub.commits(repo_id)[-1]["sha"] == second.oid
     assert "late.txt" not in hub.files(repo_id)
     assert sorted(hub.files(repo_id, revision=first.oid)) == [
-        ".gitattributes", "ckpt/a.bin", "ckpt/sub/b.bin", "keep.txt", "old.txt"]
+        ".gitattributes",
+        "ckpt/a.bin",
+        "ckpt/sub/b.bin",
+        "keep.txt",
+        "old.txt",
+    ]
 
 
 def test_refs_and_existence_checks_answer_like_the_hub(hub, api, repo_id):
@@ -219,7 +238,8 @@ def test_refs_and_existence_checks_answer_like_the_hub(hub, api, repo_id):
     assert api.file_exists(repo_id, "a/missing.txt") is False
     refs = api.list_repo_refs(repo_id)
     assert [(b.name, b.ref, b.target_commit) for b in refs.branches] == [
-        ("main", "refs/heads/main", hub.commits(repo_id)[-1]["sha"])]
+        ("main", "refs/heads/main", hub.commits(repo_id)[-1]["sha"])
+    ]
     assert refs.tags == [] and refs.converts == []
     assert api.repo_info(repo_id).sha == refs.branches[0].target_commit
 
@@ -229,8 +249,9 @@ def test_commit_history_and_branches_follow_git_semantics(hub, api, repo_id):
     one = api.upload_file(path_or_fileobj=b"1", path_in_repo="n.txt", repo_id=repo_id, commit_message="one")
     api.create_branch(repo_id, branch="exp", revision=one.oid)
     two = api.upload_file(path_or_fileobj=b"2", path_in_repo="n.txt", repo_id=repo_id, commit_message="two")
-    api.upload_file(path_or_fileobj=b"x", path_in_repo="n.txt", repo_id=repo_id, revision="exp",
-                    commit_message="on exp")
+    api.upload_file(
+        path_or_fileobj=b"x", path_in_repo="n.txt", repo_id=repo_id, revision="exp", commit_message="on exp"
+    )
     assert [c.title for c in api.list_repo_commits(repo_id)] == ["two", "one", "initial commit"]
     assert [c.title for c in api.list_repo_commits(repo_id, revision="exp")] == ["on exp", "one", "initial commit"]
     assert hub.files(repo_id)["n.txt"] == b"2" and hub.files(repo_id, revision="exp")["n.txt"] == b"x"
@@ -254,8 +275,15 @@ def test_an_old_commit_stays_downloadable_by_its_sha(hub, api, repo_id):
 def test_snapshot_download_fetches_only_the_allowed_patterns_into_local_dir(hub, api, repo_id, tmp_path):
     api.create_repo(repo_id)
     src = tmp_path / "src"
-    _write(src, {"shard-00/adapter/adapter_config.json": b"{}", "shard-00/adapter/w.safetensors": b"w" * 3000,
-                 "shard-01/adapter/adapter_config.json": b"{}", "status/shard-00.json": b'{"step": 3}'})
+    _write(
+        src,
+        {
+            "shard-00/adapter/adapter_config.json": b"{}",
+            "shard-00/adapter/w.safetensors": b"w" * 3000,
+            "shard-01/adapter/adapter_config.json": b"{}",
+            "status/shard-00.json": b'{"step": 3}',
+        },
+    )
     api.upload_folder(folder_path=src, repo_id=repo_id)
     out = tmp_path / "out"
     snapshot_download(repo_id, allow_patterns=["shard-00/*"], local_dir=out)
@@ -344,13 +372,15 @@ def test_a_lora_adapter_in_a_shard_subfolder_loads_back_with_identical_outputs(h
     base = _tiny_llama()
     pristine_base = copy.deepcopy(base)  # get_peft_model wraps `base` in place
     # init_lora_weights=False: random B, so the adapter really changes the outputs.
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False)).eval()
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).eval()
     lora.save_pretrained(tmp_path / "adapter")
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(folder_path=tmp_path / "adapter", path_in_repo="shard-00/adapter", repo_id=repo_id)
     assert {"shard-00/adapter/adapter_config.json", "shard-00/adapter/adapter_model.safetensors"} <= set(
-        hub.files(repo_id))
+        hub.files(repo_id)
+    )
 
     loaded = PeftModel.from_pretrained(pristine_base, repo_id, subfolder="shard-00/adapter").eval()
     with torch.no_grad():
@@ -372,12 +402,12 @@ def test_upload_folder_survives_injected_server_errors_through_client_retries(hu
     # The client retries preupload, info and tree calls with 1, 2, 4, 8 s backoff,
     # but sends the commit itself only once, so only the retried routes may fail;
     # max_faults=3 bounds the sleeping to 1 + 2 + 4 s.
-    hub.set_faults(error_rate=0.3, seed=SERVER_ERROR_SEED, paths=[r"/preupload/", r"/tree/", r"/revision/"],
-                   max_faults=3)
+    hub.set_faults(
+        error_rate=0.3, seed=SERVER_ERROR_SEED, paths=[r"/preupload/", r"/tree/", r"/revision/"], max_faults=3
+    )
     started = time.monotonic()
     api.upload_folder(folder_path=tmp_path, repo_id=repo_id)
-    assert sorted(api.list_repo_files(repo_id)) == [".gitattributes", "f0.txt", "f1.txt", "f2.txt", "f3.txt",
-                                                    "f4.txt"]
+    assert sorted(api.list_repo_files(repo_id)) == [".gitattributes", "f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt"]
     api.upload_file(path_or_fileobj=b"again", path_in_repo="f0.txt", repo_id=repo_id)
     assert hub.faults_injected >= 1 and time.monotonic() - started < 30
     failed = [r for r in hub.requests if r.status == 500 and repo_id in r.path]
@@ -389,12 +419,12 @@ def test_a_dropped_or_lost_commit_applies_fully_or_not_at_all(hub, api, repo_id)
     api.create_repo(repo_id)
     ops = lambda: [CommitOperationAdd(f"x{i}.bin", bytes([i]) * 100) for i in range(4)]  # noqa: E731
     hub.set_faults(drop_rate=1.0, paths=[r"/commit/"])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (whatever the client raises for a dropped connection)
         api.create_commit(repo_id, ops(), commit_message="dropped")
     assert sorted(hub.files(repo_id)) == [".gitattributes"]
     # Lost response: the commit lands whole although the client saw an error.
     hub.set_faults(lost_rate=1.0, paths=[r"/commit/"])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (whatever the client raises for a lost response)
         api.create_commit(repo_id, ops(), commit_message="lost")
     hub.set_faults()
     assert sorted(hub.files(repo_id)) == [".gitattributes", "x0.bin", "x1.bin", "x2.bin", "x3.bin"]

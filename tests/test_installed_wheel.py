@@ -15,20 +15,31 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from venvs import Venv, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--set", "train.max_steps=2", "--set", "train.save_steps=1", "--set", "eval.generate_samples=2",
-        "--set", "eval.max_new_tokens=8"]
+TINY = [
+    "--set",
+    "train.max_steps=2",
+    "--set",
+    "train.save_steps=1",
+    "--set",
+    "eval.generate_samples=2",
+    "--set",
+    "eval.max_new_tokens=8",
+]
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(venv, wheel): kit's setuptools wheel installed into a venv holding torch and nothing else."""
     root = tmp_path_factory.mktemp("declared-deps")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(root / "dist")],
-                   check=True, capture_output=True, env=clean_env())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(root / "dist")],
+        check=True,
+        capture_output=True,
+        env=clean_env(),
+    )
     wheel = next((root / "dist").glob("kit-*.whl"))
     venv = Venv.create(root / "venv")
     venv.pip("install", str(wheel))
@@ -68,8 +79,20 @@ def test_split_train_merge_and_status_run_from_the_installed_wheel(installed, tm
     _, out = cli(venv, "plan", "--preset", "cpu-tiny", cwd=work)
     assert "quantize: none" in out, "presets resolve from the installed wheel"
     for shard in ("0", "1"):
-        _, out = cli(venv, "train", "--preset", "cpu-tiny", "--data", "shards", "--shard", shard, "--output", "run", *TINY,
-                  cwd=work)
+        _, out = cli(
+            venv,
+            "train",
+            "--preset",
+            "cpu-tiny",
+            "--data",
+            "shards",
+            "--shard",
+            shard,
+            "--output",
+            "run",
+            *TINY,
+            cwd=work,
+        )
         assert "loss.png (the loss curve) skipped: matplotlib is not installed" in out
         assert (work / "run" / f"shard-0{shard}" / "adapter" / "adapter_model.safetensors").is_file()
     metrics = json.loads((work / "run" / "shard-00" / "metrics.json").read_text())
@@ -77,8 +100,25 @@ def test_split_train_merge_and_status_run_from_the_installed_wheel(installed, tm
 
     assert metrics["steps"] == 2
     assert metrics["kit_version"] == kit_version(), "the same code gets the same version, installed or checked out"
-    cli(venv, "merge", "run/shard-00", "run/shard-01", "--strategy", "average", "--out", "merged", "--eval-data", "shards",
-        "--preset", "cpu-tiny", "--set", "eval.generate_samples=2", "--set", "eval.max_new_tokens=8", cwd=work)
+    cli(
+        venv,
+        "merge",
+        "run/shard-00",
+        "run/shard-01",
+        "--strategy",
+        "average",
+        "--out",
+        "merged",
+        "--eval-data",
+        "shards",
+        "--preset",
+        "cpu-tiny",
+        "--set",
+        "eval.generate_samples=2",
+        "--set",
+        "eval.max_new_tokens=8",
+        cwd=work,
+    )
     report = json.loads((work / "merged" / "merge_report.json").read_text())
     assert set(report["results"]) == {"base", "shard-00", "shard-01", "merged"}
     fleet = json.loads(cli(venv, "status", "run", "--data", "shards", "--json", cwd=work)[0])

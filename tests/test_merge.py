@@ -13,7 +13,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kit.merge import MergeError, merge_adapters
+from kit.errors import MergeError
+from kit.merge import merge_adapters
 
 IDS = torch.tensor([[1, 50, 300, 4000, 20, 7]])
 
@@ -21,7 +22,9 @@ IDS = torch.tensor([[1, 50, 300, 4000, 20, 7]])
 def make_adapter(base_dir, out, r, alpha, seed, use_rslora=False, targets=("q_proj", "v_proj", "down_proj")):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, use_rslora=use_rslora)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, use_rslora=use_rslora
+    )
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     return out
@@ -143,7 +146,7 @@ def test_the_linear_baseline_is_labelled_and_reports_its_error(tiny_model_dir, t
 
 
 def test_linear_needs_equal_ranks_and_says_which_method_to_use(two_adapters, tmp_path):
-    with pytest.raises(MergeError, match="--method linear averages factors, so it needs equal ranks"):
+    with pytest.raises(MergeError, match="method='linear' averages factors, so it needs equal ranks"):
         merge_adapters(list(two_adapters), tmp_path / "merged", method="linear")
 
 
@@ -215,10 +218,14 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("out", ["run/shard-00/adapter", "run/shard-01", "run", "run/merged"],
-                         ids=["a-shards-adapter", "a-shard-folder", "the-run-folder", "inside-the-run-folder"])
-def test_merging_into_a_sources_adapter_shard_or_run_folder_is_refused_and_leaves_it_intact(trained_run, tmp_path, out,
-                                                                                              monkeypatch):
+@pytest.mark.parametrize(
+    "out",
+    ["run/shard-00/adapter", "run/shard-01", "run", "run/merged"],
+    ids=["a-shards-adapter", "a-shard-folder", "the-run-folder", "inside-the-run-folder"],
+)
+def test_merging_into_a_sources_adapter_shard_or_run_folder_is_refused_and_leaves_it_intact(
+    trained_run, tmp_path, out, monkeypatch
+):
     from kit.cli import main
 
     monkeypatch.chdir(tmp_path)

@@ -15,25 +15,36 @@ import torch
 from conftest import load_script
 from safetensors.torch import load_file, save_file
 
-from kit.merge import MergeError, merge_adapters, sample_count_weights, load_adapters
+from kit.errors import MergeError
+from kit.merge import load_adapters, merge_adapters, sample_count_weights
 
 bench = load_script("bench_merge")
-SHAPES = {"model.layers.0.self_attn.q_proj": (24, 16), "model.layers.0.mlp.down_proj": (16, 40),
-          "model.layers.1.mlp.up_proj": (40, 16)}
+SHAPES = {
+    "model.layers.0.self_attn.q_proj": (24, 16),
+    "model.layers.0.mlp.down_proj": (16, 40),
+    "model.layers.1.mlp.up_proj": (40, 16),
+}
 
 
 def dense(adapter_dir) -> dict[str, torch.Tensor]:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     s = config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"])
     w = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    return {k[: -len(".lora_A.weight")].removeprefix("base_model.model."): s * w[k.replace("lora_A", "lora_B")].double() @ w[k].double()
-            for k in w if "lora_A" in k}
+    return {
+        k[: -len(".lora_A.weight")].removeprefix("base_model.model."): s
+        * w[k.replace("lora_A", "lora_B")].double()
+        @ w[k].double()
+        for k in w
+        if "lora_A" in k
+    }
 
 
 @pytest.fixture
 def sources(tmp_path):
-    return [bench.write_adapter(tmp_path / f"s{i}", SHAPES, r=r, alpha=a, seed=i, use_rslora=rs, train_examples=n)
-            for i, (r, a, rs, n) in enumerate([(4, 8, False, 30), (3, 16, True, 10), (5, 5, False, 60)])]
+    return [
+        bench.write_adapter(tmp_path / f"s{i}", SHAPES, r=r, alpha=a, seed=i, use_rslora=rs, train_examples=n)
+        for i, (r, a, rs, n) in enumerate([(4, 8, False, 30), (3, 16, True, 10), (5, 5, False, 60)])
+    ]
 
 
 def target(sources, weights):
@@ -95,7 +106,7 @@ def test_weighted_defaults_to_the_shards_sample_counts(sources, tmp_path):
     (sources[2].parent / "metrics.json").write_text(json.dumps({"train_examples": 60}))
     assert sample_count_weights(load_adapters(sources)) == [30.0, 10.0, 60.0]
     (sources[2].parent / "metrics.json").unlink()
-    with pytest.raises(MergeError, match=r"no sample count for \['s2'\].*pass --weights"):
+    with pytest.raises(MergeError, match=r"no sample count for \['s2'\].*give weights"):
         sample_count_weights(load_adapters(sources))
 
 

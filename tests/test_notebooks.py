@@ -31,7 +31,9 @@ def test_each_notebook_py_and_ipynb_hold_the_same_cells(source):
     paired = source.with_suffix(".ipynb")
     assert paired.is_file(), f"{paired.name} is missing: run `jupytext --to ipynb {source}`"
     drift = cells(jupytext.read(source)) != cells(jupytext.read(paired))
-    assert not drift, f"DRIFT DETECTED: {paired.name} differs from {source.name}; run `jupytext --to ipynb --update {source}`"
+    assert not drift, (
+        f"DRIFT DETECTED: {paired.name} differs from {source.name}; run `jupytext --to ipynb --update {source}`"
+    )
 
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
@@ -61,15 +63,48 @@ def test_split_train_and_merge_notebooks_run_headless(tmp_path, demo_data):
     assert (tmp_path / "shards" / "manifest.json").is_file()
 
     for shard in (0, 1):
-        run("train_shard", tmp_path, shard_index=shard, preset="cpu-tiny", data=str(tmp_path / "shards"),
-            output=str(tmp_path / "run"), overrides=TINY)
+        run(
+            "train_shard",
+            tmp_path,
+            shard_index=shard,
+            preset="cpu-tiny",
+            data=str(tmp_path / "shards"),
+            output=str(tmp_path / "run"),
+            overrides=TINY,
+        )
         status = json.loads((tmp_path / "run" / f"shard-{shard:02d}" / "status.json").read_text())
         assert status["state"] == "done" and status["step"] == 4
 
-    executed = run("merge", tmp_path, run=str(tmp_path / "run"), out=str(tmp_path / "merged"), preset="cpu-tiny",
-                   overrides=TINY, eval_data=str(tmp_path / "shards"))
+    executed = run(
+        "merge",
+        tmp_path,
+        run=str(tmp_path / "run"),
+        out=str(tmp_path / "merged"),
+        preset="cpu-tiny",
+        overrides=TINY,
+        eval_data=str(tmp_path / "shards"),
+    )
     report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
     assert set(report["results"]) == {"base", "shard-00", "shard-01", "merged"}
     assert json.loads((tmp_path / "merged" / "adapter_config.json").read_text())["r"] == 16
     # papermill injected the parameters into the executed notebook; nothing else leaked in.
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+
+
+def test_a_mistake_kit_can_name_fails_the_cell_with_its_message_shown_first(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        run(
+            "train_shard",
+            tmp_path,
+            preset="no-such-preset",
+            data=str(tmp_path / "shards"),
+            output=str(tmp_path / "run"),
+        )
+    assert err.value.ename == "ConfigError", "the cell failed, so Run all and papermill stop there"
+    nb = json.loads((tmp_path / "train_shard.ipynb").read_text())
+    errors = [
+        o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"
+    ]
+    first = errors[0]["traceback"][0]
+    assert first.startswith("kit: unknown preset 'no-such-preset': use one of"), first
+    assert "set `preset` in the parameters cell" in first

@@ -1,6 +1,6 @@
 """Out-of-memory backoff at the start of a run, with an injected OOM (no GPU needed).
 
-    .venv/bin/python -m pytest -q tests/test_oom.py    # ~30 s on 2 cores, no network
+.venv/bin/python -m pytest -q tests/test_oom.py    # ~30 s on 2 cores, no network
 """
 
 import json
@@ -43,8 +43,12 @@ def test_an_oom_halves_the_micro_batch_and_keeps_the_global_batch(small_split, t
     assert "out of memory at micro-batch 4 x accumulation 1: retrying with 2 x 2" in capsys.readouterr().out
     monkeypatch.undo()
     # The retried run is exactly the run one would have started with 2 x 2.
-    direct = train_shard(load_config("cpu-tiny", [*OVERRIDES, "train.micro_batch_size=2", "train.grad_accum=2"]),
-                         small_split, 0, tmp_path / "direct")
+    direct = train_shard(
+        load_config("cpu-tiny", [*OVERRIDES, "train.micro_batch_size=2", "train.grad_accum=2"]),
+        small_split,
+        0,
+        tmp_path / "direct",
+    )
     a = load_file(str(tmp_path / "backoff" / "shard-00" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "direct" / "shard-00" / "adapter" / "adapter_model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

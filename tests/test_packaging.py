@@ -5,8 +5,9 @@ presets ship inside the package.
 """
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,8 +41,11 @@ def test_every_dependency_has_a_floor_and_requirements_txt_states_the_same_ones(
     pins = load_script("check_floors").floors()  # raises when a dependency has no >= floor
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert len(pins) == len(project["dependencies"]) + len(project["optional-dependencies"]["gpu"])
-    reqs = {line.split(">=")[0]: line.split(">=")[1].split(",")[0] for line in
-            (ROOT / "requirements.txt").read_text().splitlines() if ">=" in line and not line.startswith("#")}
+    reqs = {
+        line.split(">=")[0]: line.split(">=")[1].split(",")[0]
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if ">=" in line and not line.startswith("#")
+    }
     assert {p.split("==")[0]: p.split("==")[1] for p in pins} == reqs
 
 

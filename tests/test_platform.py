@@ -1,6 +1,6 @@
 """Platform decisions from faked GPUs (T4, P100, A100, H100, CPU), and how they fill a preset's `auto` knobs.
 
-    .venv/bin/python -m pytest -q tests/test_platform.py    # no GPU, no network, no model
+.venv/bin/python -m pytest -q tests/test_platform.py    # no GPU, no network, no model
 """
 
 import pytest
@@ -40,7 +40,13 @@ def test_without_bitsandbytes_there_is_no_4bit_and_no_paged_optimizer():
 
 def test_a_cpu_gets_fp32_sdpa_no_quantization_and_plain_adamw():
     d = decide([], has_flash_attn=True, has_bitsandbytes=True)
-    assert (d.precision, d.tf32, d.attn_implementation, d.quantize, d.optim) == ("fp32", False, "sdpa", "none", "adamw_torch")
+    assert (d.precision, d.tf32, d.attn_implementation, d.quantize, d.optim) == (
+        "fp32",
+        False,
+        "sdpa",
+        "none",
+        "adamw_torch",
+    )
 
 
 def test_the_weakest_gpu_decides_so_every_ddp_rank_runs_the_same_program():
@@ -50,8 +56,12 @@ def test_the_weakest_gpu_decides_so_every_ddp_rank_runs_the_same_program():
 def test_auto_knobs_of_the_kaggle_t4x2_preset_resolve_for_a_t4(capsys):
     cfg = load_config("kaggle-t4x2")
     notes = resolve_platform(cfg, decide([T4, T4], "kaggle", has_bitsandbytes=True))
-    assert (cfg.model.dtype, cfg.train.fp16, cfg.train.bf16) == ("float16", True, False)
-    assert (cfg.model.load_in_4bit, cfg.train.optim, cfg.model.attn_implementation) == (True, "paged_adamw_8bit", "sdpa")
+    assert (cfg.train.precision, cfg.train.dtype, cfg.train.fp16, cfg.train.bf16) == ("fp16", "float16", True, False)
+    assert (cfg.model.load_in_4bit, cfg.train.optim, cfg.model.attn_implementation) == (
+        True,
+        "paged_adamw_8bit",
+        "sdpa",
+    )
     assert len(notes) == 4 and validate(cfg) == []
     out = capsys.readouterr().out
     assert "2 x Tesla T4" in out and "train.precision = fp16" in out
@@ -65,7 +75,7 @@ def test_explicit_values_are_kept_and_cpu_tiny_is_untouched_by_the_platform():
     assert cfg.to_dict() == before
     colab = load_config("colab-t4", ["train.precision=fp16"])
     resolve_platform(colab, decide([A100], has_flash_attn=True), verbose=False)
-    assert colab.model.dtype == "float16" and colab.train.fp16, "a written fp16 is kept on an A100"
+    assert colab.train.dtype == "float16" and colab.train.fp16, "a written fp16 is kept on an A100"
     assert colab.model.attn_implementation == "flash_attention_2"
 
 
@@ -107,11 +117,19 @@ def test_auto_attention_for_packed_rows_keeps_flash_attention_where_it_runs():
     assert cfg.model.attn_implementation == "flash_attention_2"
 
 
-@pytest.mark.parametrize("precision,on_cuda,expected", [
-    ("fp16", True, "float16"), ("bf16", True, "bfloat16"), ("fp32", True, "float32"),
-    ("fp16", False, "float32"), ("bf16", False, "float32")])
-def test_4_bit_layers_compute_in_the_runs_half_precision_on_cuda_and_in_fp32_on_a_cpu(monkeypatch, precision, on_cuda,
-                                                                                      expected):
+@pytest.mark.parametrize(
+    "precision,on_cuda,expected",
+    [
+        ("fp16", True, "float16"),
+        ("bf16", True, "bfloat16"),
+        ("fp32", True, "float32"),
+        ("fp16", False, "float32"),
+        ("bf16", False, "float32"),
+    ],
+)
+def test_4_bit_layers_compute_in_the_runs_half_precision_on_cuda_and_in_fp32_on_a_cpu(
+    monkeypatch, precision, on_cuda, expected
+):
     from kit.platform import compute_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: on_cuda)

@@ -14,16 +14,23 @@ import uuid
 import pytest
 
 from kit.config import load_config
-from kit.progress import ProgressBar, format_duration, frontend, loss_history
+from kit.display import format_duration, frontend
+from kit.progress import ProgressBar, loss_history
 
-TINY = ["train.max_steps=4", "train.save_steps=2", "train.logging_steps=1", "eval.generate_samples=2",
-        "eval.max_new_tokens=8"]
+TINY = [
+    "train.max_steps=4",
+    "train.save_steps=2",
+    "train.logging_steps=1",
+    "eval.generate_samples=2",
+    "eval.max_new_tokens=8",
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_state(step, max_steps=100, tokens=0):
-    return types.SimpleNamespace(global_step=step, max_steps=max_steps, num_input_tokens_seen=tokens,
-                                 is_world_process_zero=True, log_history=[])
+    return types.SimpleNamespace(
+        global_step=step, max_steps=max_steps, num_input_tokens_seen=tokens, is_world_process_zero=True, log_history=[]
+    )
 
 
 def test_loss_history_keeps_every_point_of_a_short_run_and_thins_a_long_one_keeping_the_last():
@@ -61,8 +68,9 @@ def test_the_eta_says_where_the_session_budget_stops_training_when_that_comes_fi
     assert "budget" not in roomy.postfix(fake_state(step=30)), "no budget note when max_steps comes first"
 
 
-def test_a_real_run_shows_a_text_bar_records_the_loss_history_and_pushes_a_loss_png(hub, small_split, tmp_path,
-                                                                                   capsys, monkeypatch):
+def test_a_real_run_shows_a_text_bar_records_the_loss_history_and_pushes_a_loss_png(
+    hub, small_split, tmp_path, capsys, monkeypatch
+):
     from matplotlib.image import imread
 
     from kit.train import train_shard

@@ -12,18 +12,29 @@ import math
 
 import pytest
 import torch
+from test_train import Crash, CrashAtStep, adapter_weights, max_abs_diff
 
 from kit.config import load_config
 from kit.platform import resolve_platform
 from kit.train import train_shard
-from test_train import Crash, CrashAtStep, adapter_weights, max_abs_diff
 
 bnb = pytest.importorskip("bitsandbytes", reason="the dev extra installs bitsandbytes; the 4-bit path needs it")
 
 TINY_COLAB = [
-    "model.name_or_path=${KIT_CACHE}/models/tiny-smollm2", "data.max_length=256", "lora.r=64", "lora.alpha=128",
-    "train.max_steps=6", "train.save_steps=2", "train.grad_accum=1", "train.warmup_steps=0", "train.logging_steps=1",
-    "train.lr=1e-3", "train.session_hours=0", "eval.generate_samples=2", "eval.max_new_tokens=8", "eval.batch_size=4",
+    "model.name_or_path=${KIT_CACHE}/models/tiny-smollm2",
+    "data.max_length=256",
+    "lora.r=64",
+    "lora.alpha=128",
+    "train.max_steps=6",
+    "train.save_steps=2",
+    "train.grad_accum=1",
+    "train.warmup_steps=0",
+    "train.logging_steps=1",
+    "train.lr=1e-3",
+    "train.session_hours=0",
+    "eval.generate_samples=2",
+    "eval.max_new_tokens=8",
+    "eval.batch_size=4",
 ]
 
 
@@ -87,8 +98,10 @@ def test_an_interrupted_qlora_run_with_paged_adamw_8bit_resumes_to_the_same_adap
     assert diff <= 1e-6
 
 
-def test_adapters_trained_on_4_bit_are_merged_and_scored_on_the_4_bit_and_the_full_base(straight, small_split, tmp_path):
-    from kit.compare import BothBasesEvaluator, adapter_evaluator, eval_config, format_table, merge_and_compare
+def test_adapters_trained_on_4_bit_are_merged_and_scored_on_the_4_bit_and_the_full_base(
+    straight, small_split, tmp_path
+):
+    from kit.compare import BothBasesEvaluator, adapter_evaluator, eval_config, format_scores, merge_and_compare
 
     run, _ = straight
     sources = [run / "shard-00", run / "shard-01"]
@@ -102,7 +115,7 @@ def test_adapters_trained_on_4_bit_are_merged_and_scored_on_the_4_bit_and_the_fu
     assert base["eval_loss"] != base["eval_loss_full_base"], "NF4 rounding changes the base's loss"
     saved = json.loads((tmp_path / "merged" / "merge_report.json").read_text())["results"]
     assert saved["merged"]["eval_loss_full_base"] == pytest.approx(report["results"]["merged"]["eval_loss_full_base"])
-    assert "eval_loss_full_base" in format_table(report["results"])
+    assert "eval_loss_full_base" in format_scores(report["results"])
     assert "eval_loss_full_base" in (tmp_path / "merged" / "README.md").read_text()
 
 
@@ -117,7 +130,7 @@ def test_without_preset_4_bit_adapters_are_scored_on_both_bases_too(straight):
 
 def test_4_bit_without_bitsandbytes_is_one_clear_error_before_any_work(monkeypatch, small_split, tmp_path):
     import kit.platform
-    from kit.platform import MissingPackageError
+    from kit.errors import MissingPackageError
 
     real = kit.platform._importable
     monkeypatch.setattr(kit.platform, "_importable", lambda m: False if m == "bitsandbytes" else real(m))

@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hub_env import FAKE_TOKEN
 
 from kit import remote as remote_mod
 from kit.config import load_config
-from kit.hf_token import MissingTokenError, find_token
+from kit.errors import MissingTokenError, RemoteError, UploadError
+from kit.hf_token import find_token
+from kit.layout import METRICS, POINTER
 from kit.model_card import render_model_card
-from kit.remote import FolderRemote, RemoteError, UploadError, open_remote
-from kit.sync import POINTER, CheckpointUploader, ShardSync
+from kit.remote import FolderRemote, open_remote
+from kit.sync import CheckpointUploader, ShardSync
 
 TINY = ["train.max_steps=2", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
 
@@ -87,17 +88,36 @@ def test_split_pushes_to_the_hub_and_train_downloads_only_its_shard(hub, demo_da
     data_repo, run_repo = f"kit-tester/{unique('data')}", f"kit-tester/{unique('run')}"
     src = tmp_path / "data.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in demo_data.generate(40, seed=3)))
-    assert main(["split", str(src), "--shards", "3", "--eval-fraction", "0.1", "--out", str(tmp_path / "shards"),
-                 "--push-to", f"hf://datasets/{data_repo}"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                str(src),
+                "--shards",
+                "3",
+                "--eval-fraction",
+                "0.1",
+                "--out",
+                str(tmp_path / "shards"),
+                "--push-to",
+                f"hf://datasets/{data_repo}",
+            ]
+        )
+        == 0
+    )
     pushed = hub.files(data_repo, repo_type="dataset")
     assert {"manifest.json", "eval.jsonl", "shard-00.jsonl", "shard-01.jsonl", "shard-02.jsonl"} <= set(pushed)
     assert hub.is_private(data_repo, repo_type="dataset")
 
     hub.clear_log()
-    metrics = train_shard(load_config("cpu-tiny", TINY), f"hf://datasets/{data_repo}", 1, f"hf://{run_repo}",
-                          work_dir=tmp_path / "work")
-    fetched = {r.path.rsplit("/", 1)[-1] for r in hub.requests if r.method == "GET" and "/datasets/" in r.path
-               and "/resolve/" in r.path}
+    metrics = train_shard(
+        load_config("cpu-tiny", TINY), f"hf://datasets/{data_repo}", 1, f"hf://{run_repo}", work_dir=tmp_path / "work"
+    )
+    fetched = {
+        r.path.rsplit("/", 1)[-1]
+        for r in hub.requests
+        if r.method == "GET" and "/datasets/" in r.path and "/resolve/" in r.path
+    }
     assert fetched == {"manifest.json", "eval.jsonl", "shard-01.jsonl"}, "downloads its own shard and nothing else"
 
     files = hub.files(run_repo)
@@ -112,13 +132,15 @@ def test_split_pushes_to_the_hub_and_train_downloads_only_its_shard(hub, demo_da
     assert "subfolder='shard-01/adapter'" in card
     assert "shard-01/adapter/metrics.json" in files
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_repo,
-                                      subfolder="shard-01/adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_repo, subfolder="shard-01/adapter"
+    )
     assert model.peft_config["default"].r == 8
 
 
 def test_a_shard_checksum_mismatch_on_the_hub_is_refused(hub, small_split, tmp_path):
-    from kit.data.shards import ShardError, fetch_split, load_shard, push_split
+    from kit.data.shards import fetch_split, load_shard, push_split
+    from kit.errors import ShardError
 
     repo = f"kit-tester/{unique('data')}"
     push_split(small_split, f"hf://datasets/{repo}")
@@ -168,8 +190,12 @@ def test_the_newest_checkpoint_replaces_a_queued_older_one_and_the_pointer_comes
     assert time.monotonic() - started < 0.2, "submit never waits for the network"
     uploader.wait()
     assert uploader.landed == ["checkpoint-2", "checkpoint-6"], "checkpoint-4 was queued, then replaced"
-    assert remote.messages == ["shard-00/checkpoint-2: upload", "shard-00: latest = checkpoint-2",
-                               "shard-00/checkpoint-6: upload", "shard-00: latest = checkpoint-6"]
+    assert remote.messages == [
+        "shard-00/checkpoint-2: upload",
+        "shard-00: latest = checkpoint-2",
+        "shard-00/checkpoint-6: upload",
+        "shard-00: latest = checkpoint-6",
+    ]
     assert remote.read_json(f"shard-00/{POINTER}")["checkpoint"] == "checkpoint-6"
     assert remote.list_files("shard-00/checkpoint-") == ["shard-00/checkpoint-6/weights.bin"], "older ones deleted"
 
@@ -193,12 +219,16 @@ def test_a_checkpoint_is_staged_whole_even_when_its_marker_is_listed_first(tmp_p
     (ckpt / "sub" / "rng_state.pth").write_bytes(b"r")
     (ckpt / "COMPLETE").write_text("complete\n")
     real_rglob = Path.rglob
-    monkeypatch.setattr(Path, "rglob", lambda self, pattern: sorted(real_rglob(self, pattern),
-                                                                    key=lambda p: p.name != "COMPLETE"))
+    monkeypatch.setattr(
+        Path, "rglob", lambda self, pattern: sorted(real_rglob(self, pattern), key=lambda p: p.name != "COMPLETE")
+    )
     staged = tmp_path / "run" / ".push" / "checkpoint-2"
     sync_mod._snapshot(ckpt, staged)
     assert sorted(p.relative_to(staged).as_posix() for p in real_rglob(staged, "*") if p.is_file()) == [
-        "COMPLETE", "adapter_model.safetensors", "sub/rng_state.pth"]
+        "COMPLETE",
+        "adapter_model.safetensors",
+        "sub/rng_state.pth",
+    ]
 
 
 def test_the_final_push_names_what_did_not_land(tmp_path, monkeypatch):
@@ -210,7 +240,7 @@ def test_the_final_push_names_what_did_not_land(tmp_path, monkeypatch):
     sync = ShardSync(SlowFolder(tmp_path / "remote", fail=10**6), tmp_path / "work", 0)
     sync.callbacks()
     sync._uploader.submit(*fake_checkpoint(tmp_path / "run", 2), status={})
-    with pytest.raises(UploadError, match=r"shard-00/checkpoint-2 .*shard-00/adapter and metrics.json"):
+    with pytest.raises(UploadError, match=r"shard-00/checkpoint-2 .*shard-00/adapter and shard-00/metrics.json"):
         sync.push_final(run_dir, {"eval_loss": 1.0, "config": {}})
 
 
@@ -218,11 +248,18 @@ def test_the_final_push_names_what_did_not_land(tmp_path, monkeypatch):
 
 
 def test_a_model_card_is_yaml_front_matter_then_sections():
-    card = render_model_card({"base_model": "b", "library_name": "peft", "tags": ["x"], "datasets": None},
-                             "Title", [("Metrics", "| a | b |"), ("Load", "code")])
+    card = render_model_card(
+        {"base_model": "b", "library_name": "peft", "tags": ["x"], "datasets": None},
+        "Title",
+        [("Metrics", "| a | b |"), ("Load", "code")],
+    )
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert yaml.safe_load(front) == {"base_model": "b", "library_name": "peft", "tags": ["x"]}
-    assert body.startswith("\n# Title") and "## Metrics\n\n| a | b |" in body and body.index("## Metrics") < body.index("## Load")
+    assert (
+        body.startswith("\n# Title")
+        and "## Metrics\n\n| a | b |" in body
+        and body.index("## Metrics") < body.index("## Load")
+    )
 
 
 def test_a_model_card_refuses_anything_shaped_like_a_token():
@@ -243,7 +280,9 @@ def install_colab(monkeypatch, secret):
         return secret
 
     monkeypatch.setitem(sys.modules, "google", fake_module("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", fake_module("google.colab", userdata=fake_module("userdata", get=get)))
+    monkeypatch.setitem(
+        sys.modules, "google.colab", fake_module("google.colab", userdata=fake_module("userdata", get=get))
+    )
 
 
 def install_kaggle(monkeypatch, secret):
@@ -253,7 +292,9 @@ def install_kaggle(monkeypatch, secret):
                 raise RuntimeError("no secret")
             return secret
 
-    monkeypatch.setitem(sys.modules, "kaggle_secrets", fake_module("kaggle_secrets", UserSecretsClient=UserSecretsClient))
+    monkeypatch.setitem(
+        sys.modules, "kaggle_secrets", fake_module("kaggle_secrets", UserSecretsClient=UserSecretsClient)
+    )
 
 
 def test_the_token_comes_from_colab_then_kaggle_then_the_environment(monkeypatch):
@@ -288,8 +329,22 @@ def test_a_push_without_a_token_fails_before_training_and_says_where_to_put_it(h
     for where in ("key icon", "Notebook access", "Add-ons -> Secrets", "export HF_TOKEN"):
         assert where in str(err.value)
     assert not loaded.is_set() and not hub.requests, "nothing loaded, nothing sent"
-    assert main(["train", "--preset", "cpu-tiny", "--data", str(small_split), "--shard", "0",
-                 "--output", "hf://kit-tester/no-token"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "cpu-tiny",
+                "--data",
+                str(small_split),
+                "--shard",
+                "0",
+                "--output",
+                "hf://kit-tester/no-token",
+            ]
+        )
+        == 2
+    )
     assert "HF_TOKEN" in capsys.readouterr().err
 
 
@@ -301,7 +356,6 @@ def test_the_remote_never_shows_the_token():
 
 
 def test_training_survives_a_flaky_hub_and_everything_lands(hub, small_split, tmp_path):
-    from kit.sync import DONE_MARKER
     from kit.train import train_shard
 
     data, run = f"kit-tester/{unique('data')}", f"kit-tester/{unique('flaky')}"
@@ -309,11 +363,18 @@ def test_training_survives_a_flaky_hub_and_everything_lands(hub, small_split, tm
 
     push_split(small_split, f"hf://datasets/{data}")
     # 500s, dropped connections and commits applied whose answer is lost, on the run repo and the data.
-    hub.set_faults(error_rate=0.25, drop_rate=0.1, lost_rate=0.1, seed=7, max_faults=12,
-                   paths=[rf"/{run}/(commit|preupload|resolve|tree)", rf"/datasets/{data}/resolve/"])
+    hub.set_faults(
+        error_rate=0.25,
+        drop_rate=0.1,
+        lost_rate=0.1,
+        seed=7,
+        max_faults=12,
+        paths=[rf"/{run}/(commit|preupload|resolve|tree)", rf"/datasets/{data}/resolve/"],
+    )
     overrides = ["train.max_steps=4", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
-    metrics = train_shard(load_config("cpu-tiny", overrides), f"hf://datasets/{data}", 0, f"hf://{run}",
-                          work_dir=tmp_path / "work")
+    metrics = train_shard(
+        load_config("cpu-tiny", overrides), f"hf://datasets/{data}", 0, f"hf://{run}", work_dir=tmp_path / "work"
+    )
     assert hub.faults_injected > 0
     hub.set_faults()
     files = hub.files(run)
@@ -323,13 +384,14 @@ def test_training_survives_a_flaky_hub_and_everything_lands(hub, small_split, tm
 
     for name, digest in latest["files"].items():
         assert hashlib.sha256(files[f"shard-00/checkpoint-4/{name}"]).hexdigest() == digest
-    assert json.loads(files[f"shard-00/{DONE_MARKER}"])["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert json.loads(files[f"shard-00/{METRICS}"])["eval_loss"] == pytest.approx(metrics["eval_loss"])
     local = (tmp_path / "work" / "shard-00" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert files["shard-00/adapter/adapter_model.safetensors"] == local
 
 
-def test_the_token_appears_in_no_notebook_log_pushed_file_or_request_body(hub, small_split, tmp_path, monkeypatch,
-                                                                          tiny_model_dir):
+def test_the_token_appears_in_no_notebook_log_pushed_file_or_request_body(
+    hub, small_split, tmp_path, monkeypatch, tiny_model_dir
+):
     import papermill
 
     data, run = f"kit-tester/{unique('data')}", f"kit-tester/{unique('secret')}"
@@ -346,9 +408,18 @@ def test_the_token_appears_in_no_notebook_log_pushed_file_or_request_body(hub, s
     out = tmp_path / "executed.ipynb"
     root = Path(__file__).resolve().parent.parent
     papermill.execute_notebook(
-        str(root / "notebooks" / "train_shard.ipynb"), str(out), cwd=str(tmp_path), progress_bar=False, log_output=False,
-        parameters=dict(shard_index=0, preset="cpu-tiny", data=f"hf://datasets/{data}", output=f"hf://{run}",
-                        overrides="train.max_steps=2; train.save_steps=2; eval.generate_samples=2; eval.max_new_tokens=8"),
+        str(root / "notebooks" / "train_shard.ipynb"),
+        str(out),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        log_output=False,
+        parameters=dict(
+            shard_index=0,
+            preset="cpu-tiny",
+            data=f"hf://datasets/{data}",
+            output=f"hf://{run}",
+            overrides="train.max_steps=2; train.save_steps=2; eval.generate_samples=2; eval.max_new_tokens=8",
+        ),
     )
     secret = FAKE_TOKEN.encode()
     assert "shard-00/adapter/README.md" in hub.files(run)

@@ -22,7 +22,7 @@ import pytest
 
 from kit.cli import main
 from kit.remote import open_remote
-from kit.status import format_table, live_view, loss_curves_png, read_fleet
+from kit.status import format_fleet, live_view, loss_curves_png, read_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -37,16 +37,54 @@ def fleet_files(now: datetime, pointers: bool) -> dict[str, bytes]:
     """Shards 0-4 in five states (shard 5 never started). `pointers`: the remote layout (latest.json)
     rather than a local run folder's checkpoint-N/COMPLETE markers."""
     status = {
-        0: {"state": "done", "step": 100, "max_steps": 100, "loss": 0.9, "tokens_seen": 50000, "platform": "kaggle",
-            "updated_at": ago(now, 90), "loss_history": CURVE},
-        1: {"state": "running", "step": 50, "max_steps": 100, "loss": 1.2, "tokens_per_s": 800.0, "eta_s": 600,
-            "tokens_seen": 20000, "platform": "colab", "updated_at": ago(now, 2), "loss_history": CURVE[:2]},
-        2: {"state": "running", "step": 70, "max_steps": 100, "loss": 1.3, "tokens_per_s": 700.0, "eta_s": 300,
-            "tokens_seen": 30000, "platform": "colab", "updated_at": ago(now, 40)},
-        3: {"state": "stopped_for_time", "step": 45, "max_steps": 100, "tokens_seen": 10000, "platform": "kaggle",
-            "updated_at": ago(now, 30)},
-        4: {"state": "failed", "step": 3, "max_steps": 100, "error": "OutOfMemoryError: CUDA out of memory",
-            "updated_at": ago(now, 5)},
+        0: {
+            "state": "done",
+            "step": 100,
+            "max_steps": 100,
+            "loss": 0.9,
+            "tokens_seen": 50000,
+            "platform": "kaggle",
+            "updated_at": ago(now, 90),
+            "loss_history": CURVE,
+        },
+        1: {
+            "state": "running",
+            "step": 50,
+            "max_steps": 100,
+            "loss": 1.2,
+            "tokens_per_s": 800.0,
+            "eta_s": 600,
+            "tokens_seen": 20000,
+            "platform": "colab",
+            "updated_at": ago(now, 2),
+            "loss_history": CURVE[:2],
+        },
+        2: {
+            "state": "running",
+            "step": 70,
+            "max_steps": 100,
+            "loss": 1.3,
+            "tokens_per_s": 700.0,
+            "eta_s": 300,
+            "tokens_seen": 30000,
+            "platform": "colab",
+            "updated_at": ago(now, 40),
+        },
+        3: {
+            "state": "stopped_for_time",
+            "step": 45,
+            "max_steps": 100,
+            "tokens_seen": 10000,
+            "platform": "kaggle",
+            "updated_at": ago(now, 30),
+        },
+        4: {
+            "state": "failed",
+            "step": 3,
+            "max_steps": 100,
+            "error": "OutOfMemoryError: CUDA out of memory",
+            "updated_at": ago(now, 5),
+        },
     }
     files = {f"shard-{i:02d}/status.json": json.dumps(s).encode() for i, s in status.items()}
     files["shard-00/metrics.json"] = json.dumps({"eval_loss": 0.8, "train_tokens": 51000, "steps": 100}).encode()
@@ -89,7 +127,13 @@ def test_every_shard_gets_its_state_progress_and_restart_action_from_a_folder_or
     fleet = read_fleet(fleet_dest, data=split_of_six, now=NOW)
     rows = {r["shard"]: r for r in fleet["shards"]}
     assert {i: r["state"] for i, r in rows.items()} == {
-        0: "done", 1: "running", 2: "stale", 3: "stopped_for_time", 4: "failed", 5: "not_started"}
+        0: "done",
+        1: "running",
+        2: "stale",
+        3: "stopped_for_time",
+        4: "failed",
+        5: "not_started",
+    }
     assert (rows[1]["step"], rows[1]["max_steps"], rows[1]["loss"], rows[1]["tokens_per_s"]) == (50, 100, 1.2, 800.0)
     assert rows[1]["eta_s"] == 480, "the 600 s the shard reported, counted down over the 2 min since"
     assert rows[1]["platform"] == "colab" and rows[1]["action"] is None and rows[0]["action"] is None
@@ -101,7 +145,7 @@ def test_every_shard_gets_its_state_progress_and_restart_action_from_a_folder_or
     assert rows[4]["action"] == f"open train_shard with shard_index=4 {where}; it starts from step 0"
     assert rows[5]["action"].endswith("it starts from step 0")
 
-    table = format_table(fleet).splitlines()
+    table = format_fleet(fleet).splitlines()
     assert table[0].split() == ["shard", "state", "step", "loss", "tok/s", "ETA", "updated", "platform"]
     assert table[2].split() == ["01", "running", "50/100", "1.2000", "800", "8m00s", "2m00s", "ago", "colab"]
     assert table[3].split()[:3] == ["02", "stale", "70/100"]
@@ -109,9 +153,13 @@ def test_every_shard_gets_its_state_progress_and_restart_action_from_a_folder_or
 
 
 def test_a_running_shard_turns_stale_only_after_the_threshold_and_the_fleet_eta_waits_for_restarts(tmp_path):
-    run = write_folder(tmp_path / "run", {k: v for k, v in fleet_files(NOW, pointers=False).items()
-                                          if k.startswith(("shard-00", "shard-01"))})
-    at = lambda minutes, **kw: {r["shard"]: r for r in read_fleet(run, now=NOW + timedelta(minutes=minutes), **kw)["shards"]}  # noqa: E731
+    run = write_folder(
+        tmp_path / "run",
+        {k: v for k, v in fleet_files(NOW, pointers=False).items() if k.startswith(("shard-00", "shard-01"))},
+    )
+    at = lambda minutes, **kw: {
+        r["shard"]: r for r in read_fleet(run, now=NOW + timedelta(minutes=minutes), **kw)["shards"]
+    }  # noqa: E731
     assert at(12)[1]["state"] == "running"  # last update 14 min ago, threshold 15
     assert at(14)[1]["state"] == "stale"  # 16 min ago
     assert at(12, stale_after=10 * 60)[1]["state"] == "stale"
@@ -121,7 +169,7 @@ def test_a_running_shard_turns_stale_only_after_the_threshold_and_the_fleet_eta_
     assert fleet["totals"]["eta_s"] == 480 and fleet["totals"]["tokens_trained"] == 51000 + 20000
     fleet = read_fleet(run, now=NOW + timedelta(minutes=14))
     assert fleet["totals"]["eta_s"] is None and fleet["totals"]["needs_restart"] == 1
-    assert "fleet ETA unknown until 1 shard(s) restart" in format_table(fleet)
+    assert "fleet ETA unknown until 1 shard(s) restart" in format_fleet(fleet)
 
 
 def test_status_json_from_the_command_line_lists_every_shard_and_the_totals(tmp_path, split_of_six, capsys):
@@ -131,7 +179,14 @@ def test_status_json_from_the_command_line_lists_every_shard_and_the_totals(tmp_
     assert [s["shard"] for s in out["shards"]] == [0, 1, 2, 3, 4, 5]
     keys = {"shard", "state", "step", "max_steps", "loss", "tokens_per_s", "eta_s", "updated_at"}
     assert all(keys <= set(s) for s in out["shards"])
-    assert [s["state"] for s in out["shards"]] == ["done", "running", "stale", "stopped_for_time", "failed", "not_started"]
+    assert [s["state"] for s in out["shards"]] == [
+        "done",
+        "running",
+        "stale",
+        "stopped_for_time",
+        "failed",
+        "not_started",
+    ]
     assert out["totals"]["by_state"]["stale"] == 1 and out["totals"]["tokens_trained"] == 51000 + 20000 + 30000 + 10000
 
     # Headless text, and a longer --stale-after keeps shard 2 (40 min silent) running.
@@ -158,8 +213,15 @@ def test_the_live_view_refreshes_its_widget_in_the_background_until_stopped(tmp_
     try:
         assert "failed" in view.widget.value
         status = run / "shard-04" / "status.json"
-        status.write_text(json.dumps({**json.loads(status.read_text()), "state": "running",
-                                      "updated_at": datetime.now(timezone.utc).isoformat()}))
+        status.write_text(
+            json.dumps(
+                {
+                    **json.loads(status.read_text()),
+                    "state": "running",
+                    "updated_at": datetime.now(timezone.utc).isoformat(),
+                }
+            )
+        )
         deadline = time.monotonic() + 10
         while "failed" in view.widget.value and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -175,10 +237,17 @@ def test_the_status_notebook_draws_the_table_and_the_loss_plot_once_under_paperm
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # the kernel is this venv
     out = tmp_path / "status.ipynb"
     started = time.monotonic()
-    papermill.execute_notebook(str(ROOT / "notebooks" / "status.ipynb"), str(out), cwd=str(tmp_path), progress_bar=False,
-                               parameters={"run": str(run), "data": str(split_of_six), "refresh_every_s": 1})
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "status.ipynb"),
+        str(out),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters={"run": str(run), "data": str(split_of_six), "refresh_every_s": 1},
+    )
     assert time.monotonic() - started < 120, "rendered once and returned"
-    outputs = [o for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    outputs = [
+        o for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+    ]
     html = "".join("".join(o.get("data", {}).get("text/html", [])) for o in outputs)
     text = "".join("".join(o.get("data", {}).get("text/plain", [])) for o in outputs)
     assert "<table>" in html and "stale" in html and "shard_index=2" in html
@@ -187,16 +256,22 @@ def test_the_status_notebook_draws_the_table_and_the_loss_plot_once_under_paperm
 
 
 def test_a_shard_trained_with_another_kit_is_named_under_the_table(tmp_path):
-    files = {f"shard-{i:02d}/status.json": json.dumps({"state": "running", "step": 5, "max_steps": 10,
-                                                        "updated_at": ago(NOW, 1), "kit_version": "0.1.0+aaaaaaaa"}).encode()
-             for i in range(3)}
-    files["shard-02/status.json"] = json.dumps({"state": "running", "step": 5, "max_steps": 10, "updated_at": ago(NOW, 1),
-                                                "kit_version": "0.1.0+bbbbbbbb"}).encode()
+    files = {
+        f"shard-{i:02d}/status.json": json.dumps(
+            {"state": "running", "step": 5, "max_steps": 10, "updated_at": ago(NOW, 1), "kit_version": "0.1.0+aaaaaaaa"}
+        ).encode()
+        for i in range(3)
+    }
+    files["shard-02/status.json"] = json.dumps(
+        {"state": "running", "step": 5, "max_steps": 10, "updated_at": ago(NOW, 1), "kit_version": "0.1.0+bbbbbbbb"}
+    ).encode()
     # metrics.json (the final word on a done shard) overrides what status.json said.
     files["shard-01/metrics.json"] = json.dumps({"eval_loss": 1.0, "kit_version": "0.1.0+aaaaaaaa"}).encode()
     fleet = read_fleet(str(write_folder(tmp_path / "run", files)), now=NOW)
     assert [r["kit_version_differs"] for r in fleet["shards"]] == [False, False, True]
-    table = format_table(fleet)
+    table = format_fleet(fleet)
     assert "shard 2: trained with kit 0.1.0+bbbbbbbb, the others with 0.1.0+aaaaaaaa" in table
-    same = read_fleet(str(write_folder(tmp_path / "same", {k: v for k, v in files.items() if "shard-02" not in k})), now=NOW)
-    assert "trained with kit" not in format_table(same)
+    same = read_fleet(
+        str(write_folder(tmp_path / "same", {k: v for k, v in files.items() if "shard-02" not in k})), now=NOW
+    )
+    assert "trained with kit" not in format_fleet(same)

@@ -120,7 +120,7 @@ def test_every_shard_starts_from_the_same_lora_init(small_split, tmp_path, tiny_
 
 
 def test_a_shard_index_out_of_range_fails_before_loading_the_model(small_split, tmp_path):
-    from kit.data.shards import ShardError
+    from kit.errors import ShardError
 
     with pytest.raises(ShardError, match="out of range"):
         train_shard(load_config("cpu-tiny"), small_split, 5, tmp_path)

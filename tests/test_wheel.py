@@ -1,11 +1,11 @@
 """kit's own wheel (kit/wheel.py): what it holds, that it installs as pip expects, and the version naming its code.
 
-    .venv/bin/python -m pytest -q tests/test_wheel.py    # seconds, no network
+.venv/bin/python -m pytest -q tests/test_wheel.py    # seconds, no network
 """
 
 import base64
-import re
 import hashlib
+import re
 import zipfile
 
 from kit.config import available_presets

@@ -35,7 +35,7 @@ class Venv:
         self.python = self.root / "bin" / "python"
 
     @classmethod
-    def create(cls, root: Path, *packages: str) -> "Venv":
+    def create(cls, root: Path, *packages: str) -> Venv:
         venv = cls(root)
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
         venv.pip("install", TORCH)
@@ -47,16 +47,18 @@ class Venv:
         return str(self.root / "bin" / name)
 
     def pip(self, *args: str) -> str:
-        proc = subprocess.run([str(self.python), "-m", "pip", "-q", *args], capture_output=True, text=True,
-                              env=clean_env())
+        proc = subprocess.run(
+            [str(self.python), "-m", "pip", "-q", *args], capture_output=True, text=True, env=clean_env()
+        )
         if proc.returncode != 0:
             raise AssertionError(f"pip {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc.stdout
 
     def run(self, *args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
         """`python ARGS` in this venv; returns the finished process (stdout and stderr captured)."""
-        return subprocess.run([str(self.python), *args], cwd=cwd, capture_output=True, text=True,
-                              env=env or clean_env(), timeout=timeout)
+        return subprocess.run(
+            [str(self.python), *args], cwd=cwd, capture_output=True, text=True, env=env or clean_env(), timeout=timeout
+        )
 
     def version(self, package: str) -> str | None:
         proc = self.run("-c", f"import importlib.metadata as m; print(m.version({package!r}))", cwd=self.root)

@@ -9,14 +9,12 @@ line and stops at the first bad one with `FILE:LINE: reason`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from kit.errors import RecordError
 
 ROLES = ("system", "user", "assistant", "tool")
-
-
-class RecordError(ValueError):
-    """A record is malformed; the message starts with FILE:LINE."""
 
 
 def record_problem(record: object) -> str | None:

@@ -21,19 +21,9 @@ import random
 from pathlib import Path
 
 from kit.data.records import iter_jsonl, read_jsonl
+from kit.errors import ShardError
 from kit.files import sha256_file, write_text_atomic
-
-MANIFEST = "manifest.json"
-EVAL_FILE = "eval.jsonl"
-KIT_WHEEL_DIR = "kit"  # where an uploaded split keeps the wheel of the kit that made it (push_split)
-
-
-class ShardError(ValueError):
-    """A shard folder is missing, incomplete or asked for a shard it doesn't have."""
-
-
-def shard_file(index: int) -> str:
-    return f"shard-{index:02d}.jsonl"
+from kit.layout import EVAL_FILE, KIT_WHEEL_DIR, MANIFEST, cache_folder, shard_file
 
 
 def split_dataset(
@@ -41,9 +31,9 @@ def split_dataset(
 ) -> dict:
     """Write eval.jsonl, shard-II.jsonl and manifest.json into out_dir; return the manifest."""
     if num_shards < 1:
-        raise ShardError(f"--shards {num_shards}: need at least 1 shard")
+        raise ShardError(f"num_shards={num_shards}: need at least 1 shard", param="num_shards")
     if not 0 <= eval_fraction < 1:
-        raise ShardError(f"--eval-fraction {eval_fraction}: must be in [0, 1)")
+        raise ShardError(f"eval_fraction={eval_fraction}: must be in [0, 1)", param="eval_fraction")
     input_path = Path(input_path)
     lines = [line for _, line, _ in iter_jsonl(input_path)]  # validates every record first
     order = list(range(len(lines)))
@@ -86,7 +76,9 @@ def split_dataset(
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise ShardError(f"{data_dir}: no {MANIFEST}; create the shards with `python -m kit split INPUT --out {data_dir}`")
+        raise ShardError(
+            f"{data_dir}: no {MANIFEST}; create the shards with `python -m kit split INPUT --out {data_dir}`"
+        )
     return json.loads(path.read_text())
 
 
@@ -127,7 +119,7 @@ def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> dict:
     from kit.remote import open_remote_for_push
     from kit.wheel import build_wheel, wheel_version
 
-    remote = open_remote_for_push(push_to, f"--push-to {push_to}")
+    remote = open_remote_for_push(push_to, f"push_to={push_to!r}")
     remote.ensure_exists(private=private)
     manifest = read_manifest(out_dir)
     with tempfile.TemporaryDirectory(prefix="kit-wheel-") as tmp:
@@ -140,7 +132,7 @@ def push_split(out_dir: str | Path, push_to: str, private: bool = True) -> dict:
     return manifest
 
 
-def fetch_split(source: str | Path, index: int, cache_dir: str | Path) -> Path:
+def fetch_split(source: str | Path, index: int, cache_dir: str | Path | None = None) -> Path:
     """A local folder that holds shard `index`: `source` itself, or a download of only
     the manifest, the eval split and that one shard from a Hub dataset (load_shard
     then checks their checksums)."""
@@ -148,6 +140,7 @@ def fetch_split(source: str | Path, index: int, cache_dir: str | Path) -> Path:
 
     if not is_hub(source):
         return Path(source)
-    _, repo_id = parse_hub(str(source))
-    local = Path(cache_dir) / repo_id.replace("/", "--")
+    local = cache_folder("data", parse_hub(str(source))[1])  # $KIT_CACHE/data/USER--REPO
+    if cache_dir is not None:
+        local = Path(cache_dir) / local.name
     return open_remote(source).download([MANIFEST, EVAL_FILE, shard_file(index)], local)

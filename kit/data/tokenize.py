@@ -10,20 +10,21 @@ template's end-of-turn token that closes it (`<|im_end|>`, `<|eot_id|>`, `</s>`,
 `<|end|>`, ...), not the newline after it.
 
 Tests (no network, ~10 s):
-    cd /work/main && .venv/bin/python -m pytest tests/data/test_tokenize.py
+    .venv/bin/python -m pytest tests/data/test_tokenize.py
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
-import shutil
 from pathlib import Path
 
 import jinja2
+
+from kit.errors import ChatTemplateError, DataError
+from kit.files import folder_written_whole
 
 IGNORE_INDEX = -100
 
@@ -33,12 +34,7 @@ CACHE_FORMAT = 1
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
-class ChatTemplateError(ValueError):
-    """The tokenizer has no chat template, refuses a conversation, or alters assistant content so that it
-    cannot be located in the rendered text."""
-
-
-class NoTrainableTokens(ValueError):
+class NoTrainableTokens(DataError):
     """The conversation yields no labelled token. `reason` is "no_assistant" or "truncated"."""
 
     def __init__(self, reason: str, message: str | None = None):
@@ -55,7 +51,8 @@ def encode_conversation(tokenizer, messages, max_length=None, last_turn_only=Fal
     """-> {"input_ids": list[int], "labels": list[int]} (same length; labels IGNORE_INDEX where not trained).
 
     `last_turn_only` trains only the last assistant message. The start is kept and the end cut when
-    `max_length` is given; raises NoTrainableTokens when nothing is left to train ("no_assistant" or "truncated") — an all-IGNORE_INDEX example is never returned.
+    `max_length` is given; raises NoTrainableTokens when nothing is left to train ("no_assistant" or
+    "truncated"): an all-IGNORE_INDEX example is never returned.
     """
     template = _chat_template(tokenizer)
     assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
@@ -76,9 +73,7 @@ def encode_conversation(tokenizer, messages, max_length=None, last_turn_only=Fal
         _check_generation_blocks_agree(tokenizer, messages, input_ids, offsets, spans, turn_masks)
 
     trained = turn_masks[-1:] if last_turn_only else turn_masks
-    labels = [
-        token if any(mask[i] for mask in trained) else IGNORE_INDEX for i, token in enumerate(input_ids)
-    ]
+    labels = [token if any(mask[i] for mask in trained) else IGNORE_INDEX for i, token in enumerate(input_ids)]
     if max_length is not None:
         # Keep the start: the system prompt and the question are what the answer is conditioned on.
         input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -101,7 +96,7 @@ def encode_prompt(tokenizer, messages) -> list[int]:
     assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     prompt_messages = list(messages[: assistant_turns[-1]] if assistant_turns else messages)
     if not prompt_messages:
-        raise ValueError("the conversation opens with its assistant message: there is no prompt to give the model")
+        raise DataError("the conversation opens with its assistant message: there is no prompt to give the model")
     # Tokenized on its own, as a server tokenizes a prompt (the template's text, no extra special
     # tokens): the same text the model saw before its answer in training. The last ids may still differ
     # from the training ids where a pre-tokenizer splits trailing whitespace differently at the end of a
@@ -156,7 +151,7 @@ def _locate_assistant_content(tokenizer, messages) -> tuple[str, list[tuple[int,
         if message.get("role") == "assistant":
             content = message.get("content")
             if not isinstance(content, str):
-                raise ValueError(
+                raise ChatTemplateError(
                     f"message {index} (assistant): content must be a string to be trained on, "
                     f"got {type(content).__name__}"
                 )
@@ -214,7 +209,7 @@ def _tokenize_with_offsets(tokenizer, text: str):
         # The template writes bos/eos itself; add_special_tokens=False is also what apply_chat_template does.
         return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except NotImplementedError as error:
-        raise ValueError(
+        raise ChatTemplateError(
             "kit needs a fast tokenizer (character offsets) to label assistant tokens; "
             "load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
         ) from error
@@ -266,16 +261,12 @@ def _check_generation_blocks_agree(tokenizer, messages, input_ids, offsets, span
     """A template with `{% generation %}` blocks states itself what the model generates; the tokenizer
     turns those blocks into an assistant mask. Use it as a second opinion: if it disagrees with the
     located content + end marker, one of the two is wrong and training on either would be a silent bug."""
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     theirs = [bool(x) for x in out["assistant_masks"]]
     ours = [any(mask[i] for mask in turn_masks) for i in range(len(input_ids))]
     # The tokenizer marks every token that touches a block; a token straddling the start of an answer
     # is decided by _turn_mask's whitespace rule instead, so only those may differ.
-    straddling = {
-        i for i, (a, b) in enumerate(offsets) for start, _ in spans if a < start < b
-    }
+    straddling = {i for i, (a, b) in enumerate(offsets) for start, _ in spans if a < start < b}
     differ = [i for i in range(len(input_ids)) if theirs[i] != ours[i] and i not in straddling]
     if list(out["input_ids"]) != input_ids or differ:
         only_theirs = [input_ids[i] for i in differ if theirs[i]]
@@ -358,13 +349,8 @@ def _cache_key(tokenizer, conversations, max_length, last_turn_only) -> str:
 
 
 def _save_cache(dataset, stats, cache_path: Path) -> None:
-    # Written beside, then renamed: a killed run never leaves a half-written cache that looks complete.
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(f"{cache_path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
-    dataset.save_to_disk(str(tmp))
-    (tmp / "kit_stats.json").write_text(json.dumps(stats))
-    try:
-        os.replace(tmp, cache_path)
-    except OSError:
-        # Another process finished the same cache first; its copy is identical.
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Whole or not at all: a killed run never leaves a half-written cache that looks complete, and
+    # when another process finished the same cache first, its (identical) copy is kept.
+    with folder_written_whole(cache_path, replace=False) as tmp:
+        dataset.save_to_disk(str(tmp))
+        (tmp / "kit_stats.json").write_text(json.dumps(stats))

@@ -1,11 +1,12 @@
 """Record schema: both formats accepted, every malformed line named as FILE:LINE.
 
-    .venv/bin/python -m pytest tests/data/test_records.py -q
+.venv/bin/python -m pytest tests/data/test_records.py -q
 """
 
 import pytest
 
-from kit.data.records import RecordError, read_jsonl, to_messages
+from kit.data.records import read_jsonl, to_messages
+from kit.errors import RecordError
 
 
 def write(tmp_path, *lines):

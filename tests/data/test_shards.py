@@ -1,6 +1,6 @@
 """Split: balanced, deterministic, a manifest with checksums, and clear errors.
 
-    .venv/bin/python -m pytest tests/data/test_shards.py -q
+.venv/bin/python -m pytest tests/data/test_shards.py -q
 """
 
 import hashlib
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from kit.data.records import RecordError
-from kit.data.shards import ShardError, load_eval, load_shard, read_manifest, split_dataset
+from kit.data.shards import load_eval, load_shard, read_manifest, split_dataset
+from kit.errors import RecordError, ShardError
 
 
 def make_data(path, n):

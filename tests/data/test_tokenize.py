@@ -4,7 +4,7 @@ truncation, the eval prompt and the tokenized-data cache.
 Each format is a template written for these tests (tests/fixtures/chat_templates/*.jinja) applied to a
 copy of the real SmolLM2 tokenizer with that format's markers added as special tokens. No network.
 
-    cd /work/main && .venv/bin/python -m pytest tests/data/test_tokenize.py
+    .venv/bin/python -m pytest tests/data/test_tokenize.py
 """
 
 import copy
@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from kit.data.tokenize import (
-    IGNORE_INDEX,
-    ChatTemplateError,
-    NoTrainableTokens,
-    encode_conversation,
-    encode_prompt,
-    encode_records,
-)
+from kit.data.tokenize import IGNORE_INDEX, NoTrainableTokens, encode_conversation, encode_prompt, encode_records
+from kit.errors import ChatTemplateError
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "fixtures" / "chat_templates"
 
@@ -125,9 +119,7 @@ def expected_labelled_text(name, messages):
 def turn_starts(example):
     """Index of the first token of each labelled run."""
     labels = example["labels"]
-    return [
-        i for i, label in enumerate(labels) if label != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)
-    ]
+    return [i for i, label in enumerate(labels) if label != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)]
 
 
 # -- what is labelled -------------------------------------------------------------------------------
@@ -276,7 +268,11 @@ def test_a_template_that_rewrites_the_answer_raises_chat_template_error(base_tok
 
 
 def test_a_conversation_the_template_refuses_raises_chat_template_error(tokenizers):
-    messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "c"},
+    ]
     with pytest.raises(ChatTemplateError, match="alternate"):
         encode_conversation(tokenizers["gemma"], messages)
 
@@ -369,7 +365,9 @@ def test_encode_records_second_call_loads_the_cache_without_tokenizing(tokenizer
     assert second.to_dict() == first.to_dict()
 
 
-def test_the_cache_is_missed_when_max_length_last_turn_only_template_or_data_change(tokenizers, base_tokenizer, tmp_path):
+def test_the_cache_is_missed_when_max_length_last_turn_only_template_or_data_change(
+    tokenizers, base_tokenizer, tmp_path
+):
     tokenizer = tokenizers["chatml"]
     encode_records(tokenizer, shard(), max_length=100, cache_dir=tmp_path)
     other_template = format_tokenizer(base_tokenizer, "qwen2_5")
