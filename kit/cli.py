@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from kit.config import available_presets, load_config
+from kit.config import available_presets, config_warnings, load_config
 from kit.errors import ConfigError, KitError, MergeError
 from kit.layout import EVAL_FILE, MANIFEST
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--push-to", help="also upload the split: hf://datasets/USER/REPO (private unless --public) or a folder"
     )
     s.add_argument("--public", action="store_true", help="create the --push-to repo public (default: private)")
+    s.add_argument("--overwrite", action="store_true", help="replace a split already in --out (its files are removed)")
 
     t = sub.add_parser("train", help="train one shard (resumes if interrupted)")
     t.add_argument("--preset", required=True, help=f"preset name ({', '.join(available_presets())}) or YAML path")
@@ -166,7 +167,7 @@ def _run(args) -> int:
             from kit.remote import open_remote_for_push
 
             open_remote_for_push(args.push_to, f"--push-to {args.push_to}")
-        manifest = split_dataset(args.input, args.out, args.shards, args.eval_fraction, args.seed)
+        manifest = split_dataset(args.input, args.out, args.shards, args.eval_fraction, args.seed, args.overwrite)
         counts = {name: entry["count"] for name, entry in manifest["files"].items()}
         print(f"split {manifest['records']} records -> {args.out}: {counts}")
         if args.push_to:
@@ -232,6 +233,8 @@ def _run(args) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             resolve_platform(cfg)  # the decisions this machine would make, with their reasons
             print(quantization_in_effect(cfg))
+            for warning in config_warnings(cfg):
+                print(f"warning: {warning}")
         print(json.dumps(cfg.to_dict(), indent=2))
         print(describe_plan(cfg), file=sys.stderr)
     return 0

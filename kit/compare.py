@@ -35,6 +35,7 @@ from kit.layout import ADAPTER_CONFIG, ADAPTER_INFO, EVAL_FILE, MERGE_REPORT, MO
 from kit.merge import (
     Adapter,
     check_compatible,
+    check_rank,
     check_merge_destination,
     load_adapters,
     merge_adapters,
@@ -224,7 +225,7 @@ def merge_and_compare(
     check_request(strategy, weights, evaluator)
     local, push_to = merge_destination(out)  # a Hub DEST: the token is checked now, before any work
     adapters = load_adapters(sources)
-    notes = check_compatible(adapters, method)  # every refusal before anything is scored or written
+    notes = check_compatible(adapters, method) + check_rank(adapters, method, rank)  # every refusal, before any work
     if push_to is None:
         check_merge_destination(local, [a.path for a in adapters], overwrite)
     if strategy == "weighted" and weights is None:

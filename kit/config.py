@@ -206,7 +206,14 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
             raise ConfigError(
                 f"unknown preset {preset!r}: use one of {names}, or the path of a YAML file", param="preset"
             )
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(
+            f"{where}: not valid YAML ({getattr(e, 'problem', None) or e}); fix that line", param="preset"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a preset is a mapping of sections (model, lora, data, train, eval)")
     errors: list[str] = []
@@ -225,7 +232,11 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
             errors.append(f"override {item!r}: write it as section.key=value, e.g. train.lr=1e-4")
             continue
         key, text = item.split("=", 1)
-        _assign(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "", errors, where="--set")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML: kept as the string it is, and type-checked like any value
+        _assign(cfg, key.strip(), value, errors, where="--set")
     errors += validate(cfg)
     if errors:
         raise ConfigError("config is not valid:\n  - " + "\n  - ".join(errors))
@@ -265,6 +276,21 @@ def validate(cfg: RunConfig) -> list[str]:
     if t.session_hours < 0:
         errors.append(f"train.session_hours={t.session_hours}: must be 0 (no limit) or positive")
     return errors
+
+
+LORA_LR_RANGE = (1e-6, 1e-2)
+"""Learning rates LoRA fine-tuning uses (1e-5 to 1e-3 in practice); outside it a run is almost surely a typo."""
+
+
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """Values that are valid but can't be what was meant: warned about, never refused."""
+    low, high = LORA_LR_RANGE
+    if not low <= cfg.train.lr <= high:
+        return [
+            f"train.lr={cfg.train.lr:g} is far outside LoRA's usual {low:g} to {high:g} (1e-4 to 1e-3 is typical); "
+            "training will run, but check it is what you meant"
+        ]
+    return []
 
 
 def _unknown(key: str, valid, where: str) -> str:

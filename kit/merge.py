@@ -193,12 +193,19 @@ def load_adapters(sources: list) -> list[Adapter]:
     """Resolve and load every SOURCE (already-loaded Adapters pass through); labels are made unique."""
     if not sources:
         raise MergeError("no adapters to merge: pass at least one SOURCE")
-    adapters, seen = [], {}
+    adapters, seen, given = [], {}, {}
     for source in sources:
         if isinstance(source, Adapter):
             adapters.append(source)
             continue
         path = resolve_adapter_dir(source)
+        if path.resolve() in given:
+            raise MergeError(
+                f"{source} and {given[path.resolve()]} are the same adapter ({path}): given twice it would count "
+                "twice in the average. Give each source once, and weights (strategy='weighted') to weigh one more",
+                param=("sources", "weights"),
+            )
+        given[path.resolve()] = source
         name = adapter_label(path)
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
@@ -207,6 +214,26 @@ def load_adapters(sources: list) -> list[Adapter]:
         weights = load_file(str(path / ADAPTER_WEIGHTS)) if config.get("peft_type") == "LORA" else {}
         adapters.append(Adapter(name, path, config, _lora_pairs(weights, name), read_json(path / ADAPTER_INFO, {})))
     return adapters
+
+
+def check_rank(adapters: list[Adapter], method: str, rank: int | None) -> list[str]:
+    """Refuse a rank below 1; return a note where the rank asked for is ignored or clamped."""
+    if rank is None:
+        return []
+    if rank < 1:
+        raise MergeError(f"rank={rank}: the svd rank must be at least 1", param="rank")
+    if method != "svd":
+        return [
+            f"rank={rank} is ignored: it is the target rank of method='svd', and method={method!r} keeps every "
+            "source's rank (exact: their sum)"
+        ]
+    total = sum(a.rank for a in adapters)
+    if rank > total:
+        return [
+            f"rank={rank} is clamped to {total}: the exact average has rank {total} (the sum of the sources' "
+            "ranks), so svd keeps all of it and is exact"
+        ]
+    return []
 
 
 def check_compatible(adapters: list[Adapter], method: str = "exact") -> list[str]:
@@ -435,15 +462,13 @@ def merge_adapters(
     adapters' base_model_name_or_path).
     """
     adapters = load_adapters(sources)
-    notes = check_compatible(adapters, method)
+    notes = check_compatible(adapters, method) + check_rank(adapters, method, rank)
     norm = normalise_weights(weights, len(adapters))
     names = [a.name for a in adapters]
     exact = concat_factors(adapters, norm)
     svd_stats = None
     if method == "svd":
-        rank = rank or max(a.rank for a in adapters)
-        if rank < 1:
-            raise MergeError(f"rank={rank}: the svd rank must be at least 1", param="rank")
+        rank = min(rank or max(a.rank for a in adapters), sum(a.rank for a in adapters))
         result, svd_stats = svd_factors(exact, rank)
     elif method == "linear":
         result = linear_factors(adapters, norm)

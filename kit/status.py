@@ -16,7 +16,8 @@ What it reads, per shard (kit/sync.py writes the Hub layout, kit/train.py the lo
 States: running, stopped_for_time, done, failed from status.json; `stale` for a
 shard that says running but has not written for `stale_after` seconds (its
 session died without a word); `not_started` for a shard the manifest expects
-but the run has never seen. Every shard that is not running or done gets the
+but the run has never seen; `damaged` for a shard whose status.json (or pointer)
+can't be parsed (the other shards are shown as usual). Every shard that is not running or done gets the
 exact action that restarts it, with the step it resumes from.
 
 A shard whose kit_version differs from the fleet's (the most common one) is named
@@ -41,7 +42,7 @@ from kit.remote import is_hub, open_remote
 from kit.tables import text_table
 
 STALE_AFTER_S = 15 * 60
-NEEDS_RESTART = ("stale", "stopped_for_time", "failed", "not_started")
+NEEDS_RESTART = ("stale", "stopped_for_time", "failed", "not_started", "damaged")
 
 
 def _parse_time(value) -> datetime | None:
@@ -140,12 +141,28 @@ def read_fleet(
     rows = []
     for shard in shards:
         paths = ShardPaths.in_repo(shard)
+        damaged: list[str] = []
         status, metrics, pointer = (
-            remote.read_json(str(p)) if str(p) in listed else None for p in (paths.status, paths.metrics, paths.pointer)
+            _read_json(remote, str(p), damaged) if str(p) in listed else None
+            for p in (paths.status, paths.metrics, paths.pointer)
         )
-        rows.append(shard_row(dest, shard, status, metrics, resume_step(files, shard, pointer), now, stale_after))
+        row = shard_row(dest, shard, status, metrics, resume_step(files, shard, pointer), now, stale_after)
+        if damaged and row["state"] != "done":
+            # One shard's unreadable file is that shard's problem: the rest of the fleet is still shown.
+            row.update(state="damaged", error="; ".join(damaged))
+            row["action"] = restart_action(dest, shard, row["resume_step"])
+        rows.append(row)
     mark_version_mismatches(rows)
     return {"dest": dest, "now": now.isoformat(timespec="seconds"), "shards": rows, "totals": fleet_totals(rows)}
+
+
+def _read_json(remote, path: str, damaged: list[str]):
+    """The JSON file at `path`, or None (and a note in `damaged`) when it can't be parsed."""
+    try:
+        return remote.read_json(path)
+    except ValueError as e:
+        damaged.append(f"{path} is unreadable ({e})")
+        return None
 
 
 def mark_version_mismatches(rows: list[dict]) -> None:
@@ -243,6 +260,7 @@ def format_html(fleet: dict) -> str:
     tint = {
         "stale": "#fde2e2",
         "failed": "#fde2e2",
+        "damaged": "#fde2e2",
         "stopped_for_time": "#fff4d6",
         "not_started": "#fff4d6",
         "done": "#e3f5e1",

@@ -31,6 +31,7 @@ pulls the latest complete checkpoint and continues.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,12 @@ from kit.budget import SessionBudget
 from kit.callbacks import CheckpointMarker, StatusCallback, StatusFile
 from kit.checkpoints import checkpoint_step, latest_complete_checkpoint, remove_incomplete_checkpoints
 from kit.collator import SFTCollator
-from kit.config import RunConfig
+from kit.config import RunConfig, config_warnings
 from kit.data.records import to_messages
 from kit.data.shards import fetch_split, load_eval, load_shard
 from kit.data.tokenize import encode_records
 from kit.distributed import is_main_process, print0
-from kit.errors import DataError
+from kit.errors import DataError, KitError
 from kit.evaluate import evaluate_model
 from kit.files import folder_written_whole, read_json, write_json_atomic, write_text_atomic
 from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder
@@ -113,8 +114,11 @@ def train_shard(
     resolve_platform(cfg, verbose=main)  # fills the preset's `auto` knobs for this GPU and says why
     check_platform_packages(cfg)  # a missing bitsandbytes fails here, before any download or model load
     print0(quantization_in_effect(cfg))
+    for warning in config_warnings(cfg):
+        print0(f"warning: {warning}")
     sync = open_shard_sync(output, shard, work_dir, private, dataset=str(data_dir))  # token checked before any work
     paths = ShardPaths(sync.local_output, shard)
+    check_writable(paths)
     status = StatusFile(paths.status, shard)
     done = finished_metrics(sync, paths, status, output, main)
     if done is not None:
@@ -133,6 +137,28 @@ def train_shard(
     if not main:
         return {}
     return finish(cfg, paths, data, trainer, result, resume, run, sync, status, started)
+
+
+def check_writable(paths: ShardPaths) -> None:
+    """The run folder can be made and written, before any data is read or a model loaded."""
+    for parent in (paths.root, *paths.root.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise KitError(
+                    f"output {paths.root}: {parent} is a file, not a folder; give a folder (or "
+                    "hf://USER/REPO) as the output",
+                    param="output",
+                )
+            break
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)  # not the shard's own folder: its index is checked later
+        probe = paths.root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise KitError(
+            f"output {paths.root}: can't write there ({e.strerror}); give a folder you can write to", param="output"
+        ) from None
 
 
 def finished_metrics(sync, paths: ShardPaths, status: StatusFile, output, main: bool) -> dict | None:
@@ -177,7 +203,36 @@ def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardDa
             f"shard {shard}: no example has an assistant token within data.max_length={cfg.data.max_length}",
             param="data.max_length",
         )
+    check_eval_split(cfg, tokenizer, eval_records, data_dir)  # before any step: eval runs only after the last one
+    if stats["cut_truncated"] / len(dataset) > CUT_WARN_SHARE:
+        print(
+            f"warning: {stats['cut_truncated']} of {len(dataset)} examples of shard {shard} are cut before the end "
+            f"of their answer by data.max_length={cfg.data.max_length}: they teach answers that stop mid-way and "
+            "never their end marker. Raise data.max_length (kit plan shows the memory per step)",
+            flush=True,
+        )
     return ShardData(dataset, stats, eval_records, tokenizer)
+
+
+CUT_WARN_SHARE = 0.05
+"""Above this share of examples cut short by data.max_length, training warns (the count is in the metrics anyway)."""
+
+
+def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_dir) -> None:
+    """The eval split can be scored: not empty, and some example keeps an answer token within data.max_length."""
+    if not eval_records:
+        raise DataError(
+            f"{data_dir}: the eval split is empty, so the shard could not be scored after training; "
+            "split again with an eval_fraction above 0 (e.g. 0.02)"
+        )
+    _, stats = encode_records(tokenizer, [to_messages(r) for r in eval_records], max_length=cfg.data.max_length)
+    if stats["kept"] == 0:
+        raise DataError(
+            f"{data_dir}: no eval example keeps an answer token within data.max_length="
+            f"{cfg.data.max_length}, so the shard could not be scored after training; raise "
+            "data.max_length",
+            param="data.max_length",
+        )
 
 
 def find_resume(cfg: RunConfig, paths: ShardPaths, sync, main: bool) -> Path | None:

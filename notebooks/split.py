@@ -26,6 +26,7 @@ num_shards = 6  # @param {type:"integer"}
 out = "shards"  # @param {type:"string"}
 eval_fraction = 0.02  # @param {type:"number"}
 seed = 0  # @param {type:"integer"}
+overwrite = False  # @param {type:"boolean"}
 # push_to: hf://datasets/USER/REPO (private) or a folder to upload the split to, with the kit wheel every shard installs.
 push_to = ""  # @param {type:"string"}
 # kit_source: "" installs the kit wheel push_to already carries (from an earlier push); a runtime's first split
@@ -211,7 +212,7 @@ install_kit(kit_source, push_to)
 import kit
 
 kit.show_errors_first()  # a bad record names its file and line first
-manifest = kit.split_dataset(input_path, out, num_shards, eval_fraction, seed)
+manifest = kit.split_dataset(input_path, out, num_shards, eval_fraction, seed, overwrite)
 if push_to:
     pushed = kit.push_split(out, push_to)
     print(f"pushed {out} -> {push_to} with kit {pushed['kit']['version']}: set data = {push_to!r} in train_shard")

@@ -119,3 +119,15 @@ def test_a_bad_precision_or_time_limit_is_named():
     with pytest.raises(ConfigError) as err:
         load_config("cpu-tiny", ["train.precision=fp8", "train.session_hours=-1"])
     assert "train.precision='fp8'" in str(err.value) and "train.session_hours=-1" in str(err.value)
+
+
+def test_a_preset_with_a_yaml_syntax_error_is_named_with_its_line(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("train:\n  lr: 1e-4\n  max_steps: [3\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml:\d+: not valid YAML .*fix that line"):
+        load_config(str(preset))
+
+
+def test_an_override_that_is_not_yaml_is_type_checked_as_text():
+    with pytest.raises(ConfigError, match=r"train.max_steps='\[3' is not an integer"):
+        load_config("cpu-tiny", ["train.max_steps=[3"])

@@ -109,8 +109,11 @@ def test_one_adapter_with_weight_one_is_unchanged(tiny_model_dir, two_adapters, 
 
 
 def test_n_identical_adapters_average_to_the_same_adapter(tiny_model_dir, two_adapters, tmp_path):
+    import shutil
+
     a, _ = two_adapters
-    report = merge_adapters([a, a, a], tmp_path / "merged")
+    copies = [a] + [shutil.copytree(a, tmp_path / f"copy{i}" / "a") for i in (1, 2)]  # same content, three sources
+    report = merge_adapters(copies, tmp_path / "merged")
     da, dm = deltas(tiny_model_dir, a), deltas(tiny_model_dir, tmp_path / "merged")
     assert report["rank"] == 12 and report["names"] == ["a", "a-2", "a-3"]
     assert max((da[k] - dm[k]).abs().max().item() for k in da) <= 1e-6
@@ -250,3 +253,21 @@ def test_a_non_empty_folder_that_is_no_earlier_merge_needs_overwrite(trained_run
     merge_and_compare(sources, merged)
     merge_and_compare(sources, merged, strategy="weighted", weights=[3, 1])  # an earlier merge output is replaced
     assert json.loads((merged / "merge_report.json").read_text())["strategy"] == "weighted"
+
+
+def test_the_same_source_given_twice_is_refused_before_anything_is_written(two_adapters, tmp_path):
+    a, b = two_adapters
+    with pytest.raises(MergeError, match=r"are the same adapter .* given twice it would count twice") as err:
+        merge_adapters([a, b, tmp_path / "a" / "."], tmp_path / "merged")
+    assert err.value.params == ("sources", "weights") and not (tmp_path / "merged").exists()
+
+
+def test_a_rank_that_is_clamped_or_ignored_says_so_and_rank_zero_is_refused(two_adapters, tmp_path):
+    a, b = two_adapters  # ranks 4 and 8
+    clamped = merge_adapters([a, b], tmp_path / "svd", method="svd", rank=100)
+    assert clamped["rank"] == 12 and "rank=100 is clamped to 12" in clamped["notes"][-1]
+    assert clamped["relative_error"] < 1e-6, "all of the exact average's rank is kept"
+    ignored = merge_adapters([a, b], tmp_path / "exact", rank=3)
+    assert ignored["rank"] == 12 and "rank=3 is ignored" in ignored["notes"][-1]
+    with pytest.raises(MergeError, match=r"rank=0: the svd rank must be at least 1"):
+        merge_adapters([a, b], tmp_path / "zero", method="svd", rank=0)

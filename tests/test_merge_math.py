@@ -95,7 +95,8 @@ def test_linear_error_is_computed_from_factors_as_a_dense_check_would(tmp_path):
 def test_linear_on_identical_adapters_gives_n_times_the_update(tmp_path):
     """The invariant's warning, measured: with shared factors PEFT's `linear` triples a 3-way average."""
     one = bench.write_adapter(tmp_path / "s", SHAPES, r=4, alpha=8, seed=0)
-    report = merge_adapters([one, one, one], tmp_path / "m", method="linear")
+    copies = [bench.write_adapter(tmp_path / f"s{i}", SHAPES, r=4, alpha=8, seed=0) for i in (1, 2)]  # same factors
+    report = merge_adapters([one, *copies], tmp_path / "m", method="linear")
     got, want = dense(tmp_path / "m"), dense(one)
     assert all(torch.allclose(got[m], 3 * want[m], atol=1e-6) for m in want)
     assert report["relative_error"] == pytest.approx(2.0, rel=1e-5)

@@ -275,3 +275,18 @@ def test_a_shard_trained_with_another_kit_is_named_under_the_table(tmp_path):
         str(write_folder(tmp_path / "same", {k: v for k, v in files.items() if "shard-02" not in k})), now=NOW
     )
     assert "trained with kit" not in format_fleet(same)
+
+
+def test_a_shard_whose_status_json_is_truncated_shows_as_damaged_and_the_rest_still_show(
+    tmp_path, split_of_six, capsys
+):
+    files = fleet_files(datetime.now(timezone.utc), pointers=True)
+    files["shard-01/status.json"] = files["shard-01/status.json"][:25]  # an interrupted copy
+    run = write_folder(tmp_path / "run", files)
+    fleet = read_fleet(str(run), data=str(split_of_six))
+    rows = {r["shard"]: r for r in fleet["shards"]}
+    assert rows[1]["state"] == "damaged" and "shard-01/status.json is unreadable" in rows[1]["error"]
+    assert rows[1]["action"].startswith("open train_shard with shard_index=1")
+    assert [rows[s]["state"] for s in (0, 2, 3, 4, 5)] == ["done", "stale", "stopped_for_time", "failed", "not_started"]
+    assert main(["status", str(run), "--data", str(split_of_six)]) == 0
+    assert "shard 1 (damaged)" in capsys.readouterr().out

@@ -139,3 +139,72 @@ def test_a_packed_or_length_grouped_run_resumes_to_the_same_adapter(mode, small_
     if "padding_free" in mode:
         # A 512-token budget holds ~4 of these ~115-token chats: the same work per step as 4 padded examples.
         assert straight["train_tokens"] > 6 * 300
+
+
+# ---- bad input: one message before any step, nothing trained silently wrong ----
+
+
+class NoStep(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        raise AssertionError("a step ran although the run should have been refused first")
+
+
+def with_eval(small_split, tmp_path, records):
+    """A copy of small_split whose eval split is `records` (its manifest updated to match)."""
+    import shutil
+
+    from kit.files import sha256_file
+
+    split = tmp_path / "split"
+    shutil.copytree(small_split, split)
+    (split / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = json.loads((split / "manifest.json").read_text())
+    manifest["files"]["eval.jsonl"] = {"count": len(records), "sha256": sha256_file(split / "eval.jsonl")}
+    (split / "manifest.json").write_text(json.dumps(manifest))
+    return split
+
+
+def test_an_empty_eval_split_is_refused_before_the_first_step(small_split, tmp_path):
+    from kit.errors import DataError
+
+    split = with_eval(small_split, tmp_path, [])
+    with pytest.raises(DataError, match=r"the eval split is empty.*eval_fraction above 0"):
+        train_shard(load_config("cpu-tiny", OVERRIDES), split, 0, tmp_path / "run", callbacks=[NoStep()])
+    assert not (tmp_path / "run" / "shard-00" / "status.json").exists(), "no status says running"
+
+
+def test_an_eval_split_that_max_length_cuts_away_is_refused_before_the_first_step(small_split, tmp_path):
+    from kit.errors import DataError
+
+    long = [{"prompt": "why? " * 400, "completion": '{"a": 1}'}] * 3  # ~2000 prompt tokens > max_length 256
+    split = with_eval(small_split, tmp_path, long)
+    with pytest.raises(DataError, match=r"no eval example keeps an answer token within data.max_length=256") as err:
+        train_shard(load_config("cpu-tiny", OVERRIDES), split, 0, tmp_path / "run", callbacks=[NoStep()])
+    assert err.value.params == ("data.max_length",)
+
+
+def test_an_output_that_is_a_file_is_named_before_any_work(small_split, tmp_path):
+    from kit.errors import KitError
+
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(KitError, match=r"is a file, not a folder"):
+        train_shard(load_config("cpu-tiny", OVERRIDES), small_split, 0, tmp_path / "run" / "x")
+
+
+def test_a_max_length_that_cuts_answers_short_is_counted_and_warned_about(small_split, tmp_path, capsys):
+    cfg = load_config(
+        "cpu-tiny", ["train.max_steps=1", "eval.generate_samples=1", "eval.max_new_tokens=4", "data.max_length=60"]
+    )
+    metrics = train_shard(cfg, small_split, 0, tmp_path)
+    assert metrics["data_cut_truncated"] > 0.05 * metrics["train_examples"]
+    assert "are cut before the end of their answer by data.max_length=60" in capsys.readouterr().out
+
+
+def test_a_learning_rate_far_outside_loras_range_is_warned_about_not_refused(capsys):
+    from kit.cli import main
+    from kit.config import config_warnings
+
+    assert config_warnings(load_config("cpu-tiny")) == []
+    assert "train.lr=1e+12 is far outside" in config_warnings(load_config("cpu-tiny", ["train.lr=1e12"]))[0]
+    assert main(["plan", "--preset", "cpu-tiny", "--set", "train.lr=1e12"]) == 0
+    assert "warning: train.lr=1e+12" in capsys.readouterr().err

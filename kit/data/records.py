@@ -53,8 +53,19 @@ def to_messages(record: dict) -> list[dict]:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, dict]]:
     """Yield (line number, raw line, validated record) for each non-blank line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    if path.is_dir():
+        raise RecordError(f"{path} is a folder: give the JSONL file itself (one record per line)")
+    if not path.is_file():
+        raise RecordError(f"{path}: no such file; give the path of a JSONL file (one record per line)")
+    with path.open("rb") as f:  # bytes, so a line that is not UTF-8 is named by its number
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -64,7 +75,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, dict]]:
             problem = record_problem(record)
             if problem:
                 raise RecordError(f"{path}:{lineno}: {problem}")
-            yield lineno, line.rstrip("\n"), record
+            yield lineno, line.rstrip("\r\n"), record
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -23,46 +23,79 @@ from pathlib import Path
 from kit.data.records import iter_jsonl, read_jsonl
 from kit.errors import ShardError
 from kit.files import sha256_file, write_text_atomic
-from kit.layout import EVAL_FILE, KIT_WHEEL_DIR, MANIFEST, cache_folder, shard_file
+from kit.layout import EVAL_FILE, KIT_WHEEL_DIR, MANIFEST, cache_folder, shard_file, shard_index
 
 
 def split_dataset(
-    input_path: str | Path, out_dir: str | Path, num_shards: int, eval_fraction: float = 0.02, seed: int = 0
+    input_path: str | Path,
+    out_dir: str | Path,
+    num_shards: int,
+    eval_fraction: float = 0.02,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
-    """Write eval.jsonl, shard-II.jsonl and manifest.json into out_dir; return the manifest."""
+    """Write eval.jsonl, shard-II.jsonl and manifest.json into out_dir; return the manifest.
+
+    Exact duplicate records are counted (manifest "duplicates") and every copy of one lands on the
+    same side of the eval/train cut, so the eval split never scores an example a shard trained on.
+    An out_dir that holds another split is refused unless `overwrite`; then the old split's files
+    are removed first, so no stale shard of it is left beside the new ones."""
     if num_shards < 1:
         raise ShardError(f"num_shards={num_shards}: need at least 1 shard", param="num_shards")
-    if not 0 <= eval_fraction < 1:
-        raise ShardError(f"eval_fraction={eval_fraction}: must be in [0, 1)", param="eval_fraction")
+    if eval_fraction == 0:
+        raise ShardError(
+            "eval_fraction=0 leaves no eval split, and every shard's eval loss and JSON validity rate and the "
+            "merge's choice are measured on it: give a share such as 0.02",
+            param="eval_fraction",
+        )
+    if not 0 < eval_fraction < 1:
+        raise ShardError(f"eval_fraction={eval_fraction}: must be between 0 and 1, e.g. 0.02", param="eval_fraction")
     input_path = Path(input_path)
-    lines = [line for _, line, _ in iter_jsonl(input_path)]  # validates every record first
-    order = list(range(len(lines)))
-    random.Random(seed).shuffle(order)
-    n_eval = round(len(lines) * eval_fraction)
-    if eval_fraction > 0:
-        n_eval = max(1, n_eval)
-    n_train = len(lines) - n_eval
-    if n_train < num_shards:
-        raise ShardError(f"{input_path}: {n_train} training records can't fill {num_shards} shards")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = {EVAL_FILE: order[:n_eval]}
-    base, extra = divmod(n_train, num_shards)
-    start = n_eval
+    check_split_destination(out_dir, overwrite)  # before reading: a refusal costs nothing
+    lines, groups = [], {}
+    for _, line, record in iter_jsonl(input_path):  # validates every record first
+        groups.setdefault(json.dumps(record, sort_keys=True, ensure_ascii=False), []).append(len(lines))
+        lines.append(line)
+    # Shuffle whole groups of identical records: without duplicates this is a shuffle of the lines.
+    copies = list(groups.values())
+    order = list(range(len(copies)))
+    random.Random(seed).shuffle(order)
+    wanted_eval = max(1, round(len(lines) * eval_fraction))
+    eval_lines, train_lines = [], []
+    for g in order:
+        (eval_lines if len(eval_lines) < wanted_eval else train_lines).extend(copies[g])
+    if len(train_lines) < num_shards:
+        raise ShardError(f"{input_path}: {len(train_lines)} training records can't fill {num_shards} shards")
+    parts = {EVAL_FILE: eval_lines}
+    base, extra = divmod(len(train_lines), num_shards)
+    start = 0
     for i in range(num_shards):
         size = base + (1 if i < extra else 0)
-        parts[shard_file(i)] = order[start : start + size]
+        parts[shard_file(i)] = train_lines[start : start + size]
         start += size
+    remove_split(out_dir)  # the old split, if overwrite let one through
     files = {}
-    for name, indices in parts.items():
-        path = out_dir / name
-        write_text_atomic(path, "".join(lines[j] + "\n" for j in indices))
-        files[name] = {"count": len(indices), "sha256": sha256_file(path)}
+    try:
+        for name, indices in parts.items():
+            path = out_dir / name
+            write_text_atomic(path, "".join(lines[j] + "\n" for j in indices))
+            files[name] = {"count": len(indices), "sha256": sha256_file(path)}
+    except OSError as e:
+        raise ShardError(f"out={str(out_dir)!r}: can't write the split there ({e.strerror})", param="out") from e
+    duplicates = len(lines) - len(groups)
+    if duplicates:
+        print(
+            f"split: {duplicates} record(s) repeat an earlier one exactly; each repeated record lies wholly in "
+            "the eval split or wholly in the training shards",
+            flush=True,
+        )
     manifest = {
         "format": "kit-shards/1",
         "source": input_path.name,
         "source_sha256": sha256_file(input_path),
         "records": len(lines),
+        "duplicates": duplicates,
         "num_shards": num_shards,
         "eval_fraction": eval_fraction,
         "seed": seed,
@@ -73,13 +106,48 @@ def split_dataset(
     return manifest
 
 
+def check_split_destination(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a file, and a folder that holds another split (its manifest) unless `overwrite`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ShardError(f"out={str(out_dir)!r} is a file: give a folder for the split", param="out")
+    old = out_dir / MANIFEST
+    if old.is_file() and not overwrite:
+        try:
+            what = json.loads(old.read_text())
+            what = f"{what['num_shards']} shards of {what['source']}"
+        except (ValueError, KeyError, TypeError):
+            what = "an unreadable manifest"
+        raise ShardError(
+            f"out={str(out_dir)!r} holds a split already ({what}): choose another folder, or set overwrite to "
+            "replace it (its files are removed first)",
+            param=("out", "overwrite"),
+        )
+
+
+def remove_split(out_dir: Path) -> None:
+    """Delete a split's manifest, eval file and shard files (whatever its manifest lists, and shard-II.jsonl)."""
+    if not out_dir.is_dir():
+        return
+    names = {MANIFEST, EVAL_FILE}
+    try:
+        names |= set(json.loads((out_dir / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    stale = [p for p in out_dir.glob("*.jsonl") if shard_index(p.stem) is not None]
+    for path in [out_dir / n for n in names] + stale:
+        path.unlink(missing_ok=True)
+
+
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise ShardError(
             f"{data_dir}: no {MANIFEST}; create the shards with `python -m kit split INPUT --out {data_dir}`"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ShardError(f"{path} is damaged ({e}); split again, or copy the split folder again") from None
 
 
 def load_split(data_dir: str | Path, name: str) -> list[dict]:

@@ -29,7 +29,7 @@ from kit.files import folder_written_whole
 IGNORE_INDEX = -100
 
 # Bump when the labelling rules change, so that no cache written by older code is ever loaded.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: stats count cut_truncated
 
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -74,8 +74,10 @@ def encode_conversation(tokenizer, messages, max_length=None, last_turn_only=Fal
 
     trained = turn_masks[-1:] if last_turn_only else turn_masks
     labels = [token if any(mask[i] for mask in trained) else IGNORE_INDEX for i, token in enumerate(input_ids)]
+    cut = False
     if max_length is not None:
         # Keep the start: the system prompt and the question are what the answer is conditioned on.
+        cut = any(label != IGNORE_INDEX for label in labels[max_length:])  # trained tokens lost: an answer cut short
         input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(label == IGNORE_INDEX for label in labels):
             raise NoTrainableTokens(
@@ -83,7 +85,7 @@ def encode_conversation(tokenizer, messages, max_length=None, last_turn_only=Fal
                 f"every assistant token lies beyond max_length={max_length} "
                 f"(the conversation has {len(encoding['input_ids'])} tokens)",
             )
-    return {"input_ids": input_ids, "labels": labels}
+    return {"input_ids": input_ids, "labels": labels, "cut": cut}
 
 
 def encode_prompt(tokenizer, messages) -> list[int]:
@@ -288,7 +290,8 @@ def encode_records(tokenizer, conversations, max_length=None, last_turn_only=Fal
     """Encode many conversations (each a list of {"role","content"} dicts).
 
     Returns (dataset, stats): a datasets.Dataset with columns input_ids, labels, length, and
-    {"kept", "dropped_truncated", "dropped_no_assistant", "cache_hit"}. Conversations with nothing to
+    {"kept", "cut_truncated", "dropped_truncated", "dropped_no_assistant", "cache_hit"}; cut_truncated
+    counts kept examples whose answer max_length cut short. Conversations with nothing to
     train are dropped and counted, never kept as all-IGNORE_INDEX rows. With `cache_dir`, the result is
     saved as Arrow under a key of (tokenizer name + vocab hash, chat template, max_length,
     last_turn_only, data hash); the same call again loads it without tokenizing anything.
@@ -305,7 +308,7 @@ def encode_records(tokenizer, conversations, max_length=None, last_turn_only=Fal
             return datasets.load_from_disk(str(cache_path)), {**stats, "cache_hit": True}
 
     columns = {"input_ids": [], "labels": [], "length": []}
-    stats = {"kept": 0, "dropped_truncated": 0, "dropped_no_assistant": 0}
+    stats = {"kept": 0, "cut_truncated": 0, "dropped_truncated": 0, "dropped_no_assistant": 0}
     for messages in conversations:
         try:
             example = encode_conversation(tokenizer, messages, max_length, last_turn_only)
@@ -316,6 +319,7 @@ def encode_records(tokenizer, conversations, max_length=None, last_turn_only=Fal
         columns["labels"].append(example["labels"])
         columns["length"].append(len(example["input_ids"]))
         stats["kept"] += 1
+        stats["cut_truncated"] += example["cut"]  # kept, but an answer (or its end marker) lost its end
 
     features = datasets.Features(
         {

@@ -88,3 +88,67 @@ def test_a_shard_whose_checksum_changed_is_refused(tmp_path):
 def test_a_folder_without_manifest_says_how_to_make_one(tmp_path):
     with pytest.raises(ShardError, match="python -m kit split"):
         load_shard(tmp_path, 0)
+
+
+# ---- bad input and damaged state (kit/errors.py: one message each, nothing saved lost) ----
+
+
+def test_splitting_into_a_folder_that_holds_another_split_is_refused_and_leaves_it_intact(tmp_path):
+    out = tmp_path / "out"
+    split_dataset(make_data(tmp_path / "a.jsonl", 40), out, 4, eval_fraction=0.1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ShardError, match=r"holds a split already \(4 shards of a.jsonl\).*set overwrite") as err:
+        split_dataset(make_data(tmp_path / "b.jsonl", 30), out, 2, eval_fraction=0.1)
+    assert err.value.params == ("out", "overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_overwriting_a_split_removes_the_old_splits_stale_shards(tmp_path):
+    out = tmp_path / "out"
+    split_dataset(make_data(tmp_path / "a.jsonl", 40), out, 4, eval_fraction=0.1)
+    split_dataset(make_data(tmp_path / "b.jsonl", 30), out, 2, eval_fraction=0.1, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "manifest.json", "shard-00.jsonl", "shard-01.jsonl"]
+    assert read_manifest(out)["source"] == "b.jsonl"
+
+
+def test_an_eval_fraction_of_zero_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ShardError, match=r"eval_fraction=0 leaves no eval split.*such as 0.02") as err:
+        split_dataset(make_data(tmp_path / "d.jsonl", 20), tmp_path / "out", 2, eval_fraction=0)
+    assert err.value.params == ("eval_fraction",) and not (tmp_path / "out").exists()
+
+
+def test_exact_duplicates_are_counted_and_never_straddle_the_eval_train_cut(tmp_path, capsys):
+    rows = [{"prompt": f"q{i % 10}", "completion": "{}"} for i in range(60)]  # every record six times
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = split_dataset(src, tmp_path / "out", 3, eval_fraction=0.1)
+    assert manifest["duplicates"] == 50 and "50 record(s) repeat an earlier one" in capsys.readouterr().out
+    held_out = set(prompts(load_eval(tmp_path / "out")))
+    trained = {p for i in range(3) for p in prompts(load_shard(tmp_path / "out", i))}
+    assert held_out and not held_out & trained
+
+
+def not_utf8(path):
+    path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p, r"no such file; give the path of a JSONL file"),
+        (lambda p: p.mkdir() or p, r"is a folder: give the JSONL file itself"),
+        (not_utf8, r"d.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16\); save the file as UTF-8"),
+    ],
+    ids=["missing", "folder", "not-utf8"],
+)
+def test_an_input_that_is_not_a_readable_jsonl_file_is_named(tmp_path, make, message):
+    with pytest.raises(RecordError, match=message):
+        split_dataset(make(tmp_path / "d.jsonl"), tmp_path / "out", 1)
+
+
+def test_a_damaged_manifest_is_named_with_the_fix(tmp_path):
+    split_dataset(make_data(tmp_path / "d.jsonl", 20), tmp_path / "out", 2)
+    (tmp_path / "out" / "manifest.json").write_text('{"format": "kit-shards/1", "fil')
+    with pytest.raises(ShardError, match=r"manifest.json is damaged .*split again"):
+        load_shard(tmp_path / "out", 0)

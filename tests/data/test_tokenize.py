@@ -345,7 +345,13 @@ def shard():
 def test_encode_records_drops_and_counts_conversations_with_nothing_to_train(tokenizers):
     tokenizer = tokenizers["chatml"]
     dataset, stats = encode_records(tokenizer, shard(), max_length=100)
-    assert stats == {"kept": 2, "dropped_truncated": 1, "dropped_no_assistant": 1, "cache_hit": False}
+    assert stats == {
+        "kept": 2,
+        "cut_truncated": 0,
+        "dropped_truncated": 1,
+        "dropped_no_assistant": 1,
+        "cache_hit": False,
+    }
     assert dataset.column_names == ["input_ids", "labels", "length"]
     assert dataset[1]["input_ids"] == encode_conversation(tokenizer, CONVERSATIONS["non_ascii"])["input_ids"]
     for row in dataset:
@@ -379,3 +385,15 @@ def test_the_cache_is_missed_when_max_length_last_turn_only_template_or_data_cha
     ]:
         _, stats = encode_records(tokenizer_, data, max_length, last_turn_only, cache_dir=tmp_path)
         assert stats["cache_hit"] is False
+
+
+def test_examples_cut_before_the_end_of_their_answer_are_kept_and_counted(tokenizers):
+    tokenizer = tokenizers["chatml"]
+    conversation = CONVERSATIONS["multi_turn_with_system"]
+    full = encode_conversation(tokenizer, conversation)
+    last_label = max(i for i, label in enumerate(full["labels"]) if label != IGNORE_INDEX)
+    cut = encode_conversation(tokenizer, conversation, max_length=last_label)  # the end marker falls off
+    assert cut["cut"] and not full["cut"] and len(cut["input_ids"]) == last_label
+    assert not encode_conversation(tokenizer, conversation, max_length=last_label + 1)["cut"]
+    _, stats = encode_records(tokenizer, [conversation, CONVERSATIONS["non_ascii"]], max_length=last_label)
+    assert stats["kept"] == 2 and stats["cut_truncated"] >= 1
