@@ -35,8 +35,8 @@ from kit.layout import ADAPTER_CONFIG, ADAPTER_INFO, EVAL_FILE, MERGE_REPORT, MO
 from kit.merge import (
     Adapter,
     check_compatible,
-    check_rank,
     check_merge_destination,
+    check_rank,
     load_adapters,
     merge_adapters,
     resolve_adapter_dir,
