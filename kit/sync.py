@@ -74,9 +74,9 @@ def _snapshot(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True)
     for path in src.rglob("*"):
         if path.name == COMPLETE_MARKER:
-            # Written fresh, never linked: CheckpointMarker rewrites the original in place
-            # (truncate, write), and a linked copy hashed in between would hash as empty.
-            mark_complete(dst)
+            # Copied, not linked, and its bytes as they are: it lists the checkpoint's files, and
+            # marking the copy afresh here could run before the rest of it is linked.
+            (dst / COMPLETE_MARKER).write_bytes(path.read_bytes())
         elif path.is_file():
             target = dst / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)

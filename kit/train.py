@@ -41,17 +41,23 @@ import torch
 from kit.batching import packed_trainer_class
 from kit.budget import SessionBudget
 from kit.callbacks import CheckpointMarker, StatusCallback, StatusFile
-from kit.checkpoints import checkpoint_step, latest_complete_checkpoint, remove_incomplete_checkpoints
+from kit.checkpoints import (
+    checkpoint_step,
+    latest_complete_checkpoint,
+    newest_intact_checkpoint,
+    remove_incomplete_checkpoints,
+)
 from kit.collator import SFTCollator
 from kit.config import RunConfig, config_warnings
 from kit.data.records import to_messages
-from kit.data.shards import fetch_split, load_eval, load_shard
+from kit.data.shards import fetch_split, load_eval, load_shard, read_manifest
 from kit.data.tokenize import encode_records
-from kit.distributed import is_main_process, print0
+from kit.distributed import is_main_process, print0, world_size
 from kit.errors import DataError, KitError
 from kit.evaluate import evaluate_model
 from kit.files import folder_written_whole, read_json, write_json_atomic, write_text_atomic
-from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder
+from kit.identity import IdentityStamp, check_resume, finished_differences, run_identity
+from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder, shard_file
 from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
 from kit.platform import check_platform_packages, quantization_in_effect, resolve_platform
@@ -120,17 +126,18 @@ def train_shard(
     paths = ShardPaths(sync.local_output, shard)
     check_writable(paths)
     status = StatusFile(paths.status, shard)
-    done = finished_metrics(sync, paths, status, output, main)
+    done = finished_metrics(cfg, sync, paths, status, output, main)
     if done is not None:
         return done
 
     data = load_shard_data(cfg, data_dir, shard)
-    resume = find_resume(cfg, paths, sync, main)
+    identity = run_identity(cfg, shard, data.sha256, world_size())
+    resume = find_resume(cfg, paths, sync, main, identity)
     print0(
         f"shard {shard}: {len(data.dataset)} examples ({data.stats}); "
         + (f"resuming from {resume.name}" if resume else "starting")
     )
-    run = ShardRun(cfg, paths, data, status, sync, started, main, callbacks)
+    run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks)
     trainer, result = run.train(resume)
     if run.stopped_for_time:
         return run.stop_for_time(trainer) if main else {}
@@ -161,19 +168,27 @@ def check_writable(paths: ShardPaths) -> None:
         ) from None
 
 
-def finished_metrics(sync, paths: ShardPaths, status: StatusFile, output, main: bool) -> dict | None:
-    """The metrics of a shard already done (on the remote, or here: then pushed if not yet), else None."""
-    remote_done = sync.remote_metrics()
-    if remote_done is not None:
-        print(f"shard {paths.shard}: already done on {output}; nothing to train")
-        return remote_done
-    if status.read().get("state") == "done" and paths.metrics.is_file():
-        print(f"shard {paths.shard}: already done ({paths.dir}); nothing to train")
-        metrics = read_json(paths.metrics)
+def finished_metrics(cfg: RunConfig, sync, paths: ShardPaths, status: StatusFile, output, main: bool) -> dict | None:
+    """The metrics of a shard already done (on the remote, or here: then pushed if not yet), else None.
+
+    A shard done with other settings than `cfg` says how they differ: it is not trained again."""
+    metrics, where = sync.remote_metrics(), output
+    if metrics is None and status.read().get("state") == "done" and paths.metrics.is_file():
+        metrics, where = read_json(paths.metrics), paths.dir
         if main:
             sync.push_final(paths.dir, metrics)  # done here but not pushed yet
-        return metrics
-    return None
+    if metrics is None:
+        return None
+    differences = finished_differences(metrics, cfg)
+    if differences:
+        print(
+            f"shard {paths.shard}: already done ({where}), but with other settings than these: "
+            + "; ".join(differences)
+            + ". Nothing is trained again; to train these settings, give a new output"
+        )
+    else:
+        print(f"shard {paths.shard}: already done ({where}); nothing to train")
+    return metrics
 
 
 @dataclass
@@ -184,6 +199,7 @@ class ShardData:
     stats: dict  # kept, dropped_truncated, dropped_no_assistant, cache_hit
     eval_records: list[dict]
     tokenizer: object
+    sha256: str  # the shard file's, from the split's manifest: which data this is
 
 
 def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardData:
@@ -211,7 +227,8 @@ def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardDa
             "never their end marker. Raise data.max_length (kit plan shows the memory per step)",
             flush=True,
         )
-    return ShardData(dataset, stats, eval_records, tokenizer)
+    sha256 = read_manifest(data_dir)["files"][shard_file(shard)]["sha256"]
+    return ShardData(dataset, stats, eval_records, tokenizer, sha256)
 
 
 CUT_WARN_SHARE = 0.05
@@ -235,8 +252,11 @@ def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_d
         )
 
 
-def find_resume(cfg: RunConfig, paths: ShardPaths, sync, main: bool) -> Path | None:
-    """The newest complete checkpoint to resume from (pulled from the remote on a fresh machine), or None."""
+def find_resume(cfg: RunConfig, paths: ShardPaths, sync, main: bool, identity: dict) -> Path | None:
+    """The newest intact checkpoint to resume from (pulled from the remote on a fresh machine), or None.
+
+    A damaged newer checkpoint is set aside and the next older intact one is used, saying so; with none
+    left the shard starts over, saying why. One trained on other data or settings is refused."""
     paths.dir.mkdir(parents=True, exist_ok=True)
     # Under torchrun, building the arguments joins the process group; the other ranks then wait
     # here until rank 0 has cleaned up and pulled, so every rank resumes from the same checkpoint.
@@ -244,8 +264,18 @@ def find_resume(cfg: RunConfig, paths: ShardPaths, sync, main: bool) -> Path | N
         if main:
             for path in remove_incomplete_checkpoints(paths.dir):
                 print(f"removed {path.name}: it was not completely written (interrupted save)")
+            intact, notes = newest_intact_checkpoint(paths.dir)
             sync.pull_latest(paths.dir)  # a fresh machine continues from the remote's latest complete checkpoint
-    return latest_complete_checkpoint(paths.dir)
+            resume = latest_complete_checkpoint(paths.dir)
+            for note in notes:
+                then = (
+                    f"resuming from {resume.name} instead" if resume else "no intact checkpoint is left: starting over"
+                )
+                print(f"shard {paths.shard}: {note}; {then}", flush=True)
+    resume = latest_complete_checkpoint(paths.dir)
+    if resume is not None:
+        check_resume(resume, identity)
+    return resume
 
 
 class ShardRun:
@@ -254,12 +284,13 @@ class ShardRun:
     Callback order (the Trainer calls them in list order at every event):
       1. SessionBudget: its on_save records stopped_for_time in status.json before the pusher
          snapshots that status for the remote.
-      2. the caller's callbacks: they see each save before it is marked complete or pushed
+      2. IdentityStamp: writes kit_identity.json into the save, so the marker hashes it and the push carries it.
+      3. the caller's callbacks: they see each save before it is marked complete or pushed
          (tests stop a save there: tests/pause_runner.py).
-      3. the sync's CheckpointPusher (a Hub or folder remote): marks the checkpoint complete itself
-         and hands it to the uploader thread.
-      4. CheckpointMarker: marks a local checkpoint complete once the Trainer wrote all of it.
-      5. StatusCallback, then ProgressBar (whose ETA knows where the budget stops training).
+      4. the sync's CheckpointPusher (a Hub or folder remote): marks the checkpoint complete itself
+         (every file's size and sha256, kit/checkpoints.py) and hands it to the uploader thread.
+      5. CheckpointMarker: marks a local checkpoint complete once the Trainer wrote all of it.
+      6. StatusCallback, then ProgressBar (whose ETA knows where the budget stops training).
     """
 
     def __init__(
@@ -271,10 +302,12 @@ class ShardRun:
         sync,
         started: float,
         main: bool,
+        identity: dict,
         callbacks=(),
     ):
         self.cfg, self.paths, self.data, self.status, self.sync = cfg, paths, data, status, sync
         self.started, self.main, self.extra = started, main, list(callbacks)
+        self.identity = identity
         self.budget = None
         if cfg.train.session_hours > 0:
             self.budget = SessionBudget(
@@ -294,6 +327,7 @@ class ShardRun:
         seconds_left = (lambda: budget.deadline - budget.clock() - budget.margin_s()) if budget else None
         return [
             *([budget] if budget else []),
+            IdentityStamp(self.identity),
             *self.extra,
             *self.sync_callbacks,
             CheckpointMarker(),
@@ -381,6 +415,7 @@ def finish(
         "train_loss": result.training_loss,
         "train_tokens": trainer.state.num_input_tokens_seen,
         "train_examples": len(data.dataset),
+        "data_sha256": data.sha256,
         **{f"data_{k}": v for k, v in data.stats.items() if k != "kept"},
         "steps": trainer.state.global_step,
         "resumed_from_step": checkpoint_step(resume) if resume else None,

@@ -1,0 +1,102 @@
+"""What a shard trains on, recorded in every checkpoint, so a resume never mixes two runs.
+
+    identity = run_identity(cfg, shard=3, data_sha256=manifest_sha)   # the split's shard file and the math
+    Trainer(..., callbacks=[IdentityStamp(identity), ...])            # writes kit_identity.json into each save
+    check_resume(checkpoint, identity)                                 # IdentityMismatch listing what differs
+
+The identity is the shard's data (its file's sha256 in the split's manifest)
+and the settings that change the math: the base model and its quantization,
+LoRA, max_length and packing, the optimizer, schedule, seed, step count and the
+global batch. Left out on purpose: precision, attention kernel and the
+micro-batch/accumulation split, which a resume on another GPU (a T4 after an
+A100, one GPU after two) may change while the math stays that of the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from kit.checkpoints import IDENTITY, identity_differences, read_identity
+from kit.errors import KitError
+from kit.files import write_json_atomic
+from kit.layout import checkpoint_name
+
+MATH_KEYS = {
+    "model": ("name_or_path", "revision", "quantize"),
+    "lora": ("r", "alpha", "dropout", "target_modules", "use_rslora", "init_seed"),
+    "data": ("max_length", "last_turn_only", "padding_free"),
+    "train": (
+        "max_steps",
+        "lr",
+        "lr_scheduler",
+        "warmup_steps",
+        "weight_decay",
+        "optim",
+        "seed",
+        "max_tokens_per_batch",
+    ),
+}
+
+
+class IdentityMismatch(KitError):
+    """A checkpoint or a finished shard was trained on other data or settings than this run asks for."""
+
+
+def config_identity(config: dict) -> dict:
+    """The math-changing keys of a config dict (RunConfig.to_dict(), or a metrics.json's "config")."""
+    return {section: {k: config.get(section, {}).get(k) for k in keys} for section, keys in MATH_KEYS.items()}
+
+
+def run_identity(cfg, shard: int, data_sha256: str | None, world_size: int = 1) -> dict:
+    t = cfg.train
+    return {
+        "shard": shard,
+        "data_sha256": data_sha256,
+        "config": config_identity(cfg.to_dict()),
+        "global_batch": t.micro_batch_size * t.grad_accum * world_size,
+    }
+
+
+class IdentityStamp(TrainerCallback):
+    """Writes the run's identity into each checkpoint as it is saved, before it is marked complete (and
+    hashed into its marker) or pushed: it must run before CheckpointPusher and CheckpointMarker."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_json_atomic(Path(args.output_dir) / checkpoint_name(state.global_step) / IDENTITY, self.identity)
+
+
+def _choices(output_hint: str) -> str:
+    return (
+        "Either run with the settings and data it was trained with, or give a new output "
+        f"({output_hint}) to train these from the start"
+    )
+
+
+def check_resume(checkpoint: Path, identity: dict, output_hint: str = "output") -> None:
+    """Refuse to resume `checkpoint` when it was trained on other data or settings (an older kit's
+    checkpoint, without an identity, is resumed as before)."""
+    saved = read_identity(checkpoint)
+    if saved is None:
+        return
+    differences = identity_differences(saved, identity)
+    if differences:
+        raise IdentityMismatch(
+            f"{checkpoint} was trained on other data or settings than this run: "
+            + "; ".join(differences)
+            + ". Resuming would mix two runs. "
+            + _choices(output_hint),
+            param="output",
+        )
+
+
+def finished_differences(metrics: dict, cfg) -> list[str]:
+    """How a finished shard's settings (its metrics.json config) differ from this run's; [] when the same."""
+    if "config" not in metrics:
+        return []
+    return identity_differences(config_identity(metrics["config"]), config_identity(cfg.to_dict()))
