@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 from kit.files import sha256_file, write_json_atomic
-from kit.layout import COMPLETE_MARKER, checkpoint_step
+from kit.layout import COMPLETE_MARKER, IDENTITY, checkpoint_step
 
-IDENTITY = "kit_identity.json"
 MARKER_FORMAT = "kit-checkpoint/1"
 
 
@@ -78,7 +77,7 @@ def damage(checkpoint: Path) -> str | None:
 
     A marker from an older kit (no file list) is trusted as before."""
     if not is_complete(checkpoint):
-        return "it is not marked COMPLETE"
+        return f"it is not marked {COMPLETE_MARKER}"
     marker = _marker(checkpoint)
     if marker is None:
         text = (checkpoint / COMPLETE_MARKER).read_text(errors="replace").strip()

@@ -80,6 +80,10 @@ class MergeError(KitError, ValueError):
     """The adapters can't be merged as asked; the message lists every reason and the fix."""
 
 
+class IdentityMismatch(KitError, ValueError):
+    """A checkpoint was trained on other data or settings than the run resuming it (kit/identity.py)."""
+
+
 class WheelError(KitError, RuntimeError):
     """kit's own wheel can't be built from this install (kit/wheel.py)."""
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from kit.checkpoints import IDENTITY, identity_differences, read_identity
-from kit.errors import KitError
+from kit.checkpoints import identity_differences, read_identity
+from kit.errors import IdentityMismatch
 from kit.files import write_json_atomic
-from kit.layout import checkpoint_name
+from kit.layout import IDENTITY, checkpoint_name
 
 MATH_KEYS = {
     "model": ("name_or_path", "revision", "quantize"),
@@ -38,10 +38,6 @@ MATH_KEYS = {
         "max_tokens_per_batch",
     ),
 }
-
-
-class IdentityMismatch(KitError):
-    """A checkpoint or a finished shard was trained on other data or settings than this run asks for."""
 
 
 def config_identity(config: dict) -> dict:

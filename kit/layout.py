@@ -16,7 +16,8 @@ A split (`kit split --out DIR`, and its Hub dataset repo):
 
 A run (`kit train --output RUN`, and its Hub model repo), per shard:
 
-    shard-II/checkpoint-N/        a Trainer checkpoint; COMPLETE inside once every file is written
+    shard-II/checkpoint-N/        a Trainer checkpoint; COMPLETE (every file's size and sha256) once all is
+                                  written, kit_identity.json (the data and settings it trained on)
     shard-II/latest.json          (a remote) the newest complete checkpoint pushed, with each file's sha256
     shard-II/status.json          state, step, loss, tokens/s, ETA: what `kit status` reads
     shard-II/metrics.json         written when the shard is done; its presence means "done"
@@ -55,6 +56,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's
 ADAPTER_INFO = "kit_adapter.json"  # kit's, beside PEFT's: shard, sample count, base model, quantization
 MODEL_CARD = "README.md"
 COMPLETE_MARKER = "COMPLETE"
+IDENTITY = "kit_identity.json"  # in each checkpoint: what it was trained on (kit/identity.py)
 STATUS = "status.json"
 METRICS = "metrics.json"  # also the "done" marker, locally and on a remote
 PARTIAL_METRICS = "metrics.partial.json"

@@ -124,7 +124,8 @@ def train_shard(
         print0(f"warning: {warning}")
     sync = open_shard_sync(output, shard, work_dir, private, dataset=str(data_dir))  # token checked before any work
     paths = ShardPaths(sync.local_output, shard)
-    check_writable(paths)
+    if main:  # rank 0 alone writes (tests/test_ddp.py checks the others write nothing)
+        check_writable(paths)
     status = StatusFile(paths.status, shard)
     done = finished_metrics(cfg, sync, paths, status, output, main)
     if done is not None:
@@ -172,9 +173,9 @@ def finished_metrics(cfg: RunConfig, sync, paths: ShardPaths, status: StatusFile
     """The metrics of a shard already done (on the remote, or here: then pushed if not yet), else None.
 
     A shard done with other settings than `cfg` says how they differ: it is not trained again."""
-    metrics, where = sync.remote_metrics(), output
+    metrics, where = sync.remote_metrics(), f"on {output}"
     if metrics is None and status.read().get("state") == "done" and paths.metrics.is_file():
-        metrics, where = read_json(paths.metrics), paths.dir
+        metrics, where = read_json(paths.metrics), f"({paths.dir})"
         if main:
             sync.push_final(paths.dir, metrics)  # done here but not pushed yet
     if metrics is None:
@@ -182,12 +183,12 @@ def finished_metrics(cfg: RunConfig, sync, paths: ShardPaths, status: StatusFile
     differences = finished_differences(metrics, cfg)
     if differences:
         print(
-            f"shard {paths.shard}: already done ({where}), but with other settings than these: "
+            f"shard {paths.shard}: already done {where}, but with other settings than these: "
             + "; ".join(differences)
             + ". Nothing is trained again; to train these settings, give a new output"
         )
     else:
-        print(f"shard {paths.shard}: already done ({where}); nothing to train")
+        print(f"shard {paths.shard}: already done {where}; nothing to train")
     return metrics
 
 

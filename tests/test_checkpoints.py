@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from kit.checkpoints import damage, mark_complete, newest_intact_checkpoint
 from kit.config import load_config
-from kit.identity import IdentityMismatch
+from kit.errors import IdentityMismatch
 from kit.train import train_shard
 
 OVERRIDES = ["train.max_steps=6", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
