@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kit.display import figure_png, format_duration, frontend, optional_package, plot_loss_curves, show_png
-from kit.errors import RemoteError
+from kit.errors import RemoteError, ShardError
 from kit.layout import COMPLETE_MARKER, MANIFEST, ShardPaths, parse_repo_path
 from kit.remote import is_hub, open_remote
 from kit.tables import text_table
@@ -57,12 +57,18 @@ def expected_shards(data: str | Path | None) -> list[int] | None:
     """Shard indices the split's manifest promises (a folder or hf://datasets/...), or None without data."""
     if not data:
         return None
-    manifest = open_remote(data).read_json(MANIFEST)
+    try:
+        manifest = open_remote(data).read_json(MANIFEST)
+        count = None if manifest is None else int(manifest["num_shards"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardError(
+            f"{data}/{MANIFEST} is damaged ({e}); split again, or copy the split again", param="data"
+        ) from None
     if manifest is None:
         raise RemoteError(
             f"{data}/{MANIFEST} not found: give the folder the split wrote (or its Hub repo)", param="data"
         )
-    return list(range(int(manifest["num_shards"])))
+    return list(range(count))
 
 
 def resume_step(files: list[str], shard: int, pointer: dict | None) -> int:

@@ -290,3 +290,19 @@ def test_a_shard_whose_status_json_is_truncated_shows_as_damaged_and_the_rest_st
     assert [rows[s]["state"] for s in (0, 2, 3, 4, 5)] == ["done", "stale", "stopped_for_time", "failed", "not_started"]
     assert main(["status", str(run), "--data", str(split_of_six)]) == 0
     assert "shard 1 (damaged)" in capsys.readouterr().out
+
+
+def test_a_damaged_split_manifest_is_one_message_from_the_command_line(tmp_path, split_of_six, capsys):
+    import shutil
+
+    run = write_folder(tmp_path / "run", fleet_files(datetime.now(timezone.utc), pointers=True))
+    split = tmp_path / "split"
+    shutil.copytree(split_of_six, split)
+    (split / "manifest.json").write_text('{"num_sha')
+    assert main(["status", str(run), "--data", str(split)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: ")
+        and "manifest.json is damaged" in err
+        and err.endswith("(on the command line: --data)\n")
+    )
