@@ -16,36 +16,16 @@ import uuid
 
 import pytest
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from test_train import OVERRIDES, Crash, CrashAtStep, max_abs_diff
 
 from kit.checkpoints import damage, mark_complete, newest_intact_checkpoint
 from kit.config import load_config
 from kit.errors import IdentityMismatch
 from kit.train import train_shard
 
-OVERRIDES = ["train.max_steps=6", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAtStep(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Crash(f"simulated disconnect at step {self.step}")
-
 
 def weights(run):
     return load_file(str(run / "shard-00" / "adapter" / "adapter_model.safetensors"))
-
-
-def max_abs_diff(a, b):
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.fixture(scope="module")
