@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,10 @@ def main() -> None:
     started = time.monotonic()
     out = Path(args.out).resolve()
     nb_dir, shards, run, merged = out / "notebooks", out / "shards", out / "run", out / "merged"
+    # Every demo starts from nothing: an earlier demo's split, run and merge are its own products, and
+    # reusing them would skip the steps it shows (shards already done, a split kit refuses to overwrite).
+    for folder in (nb_dir, shards, run, merged):
+        shutil.rmtree(folder, ignore_errors=True)
     nb_dir.mkdir(parents=True, exist_ok=True)
 
     print(f"1/5 data: {args.records} synthetic house requests -> JSON answers")
