@@ -60,10 +60,10 @@ def folder_written_whole(final: str | Path, replace: bool = True) -> Iterator[Pa
     try:
         os.replace(tmp, final)
     except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
         if replace or not final.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
             raise
-        shutil.rmtree(tmp, ignore_errors=True)  # not replacing: the copy already there is kept
+        # not replacing: the copy another process put there first is kept
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
