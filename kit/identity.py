@@ -67,14 +67,7 @@ class IdentityStamp(TrainerCallback):
             write_json_atomic(Path(args.output_dir) / checkpoint_name(state.global_step) / IDENTITY, self.identity)
 
 
-def _choices(output_hint: str) -> str:
-    return (
-        "Either run with the settings and data it was trained with, or give a new output "
-        f"({output_hint}) to train these from the start"
-    )
-
-
-def check_resume(checkpoint: Path, identity: dict, output_hint: str = "output") -> None:
+def check_resume(checkpoint: Path, identity: dict) -> None:
     """Refuse to resume `checkpoint` when it was trained on other data or settings (an older kit's
     checkpoint, without an identity, is resumed as before)."""
     saved = read_identity(checkpoint)
@@ -85,8 +78,8 @@ def check_resume(checkpoint: Path, identity: dict, output_hint: str = "output") 
         raise IdentityMismatch(
             f"{checkpoint} was trained on other data or settings than this run: "
             + "; ".join(differences)
-            + ". Resuming would mix two runs. "
-            + _choices(output_hint),
+            + ". Resuming would mix two runs. Either run with the settings and data it was trained with, "
+            "or give a new output to train these from the start",
             param="output",
         )
 

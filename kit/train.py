@@ -265,7 +265,7 @@ def find_resume(cfg: RunConfig, paths: ShardPaths, sync, main: bool, identity: d
         if main:
             for path in remove_incomplete_checkpoints(paths.dir):
                 print(f"removed {path.name}: it was not completely written (interrupted save)")
-            intact, notes = newest_intact_checkpoint(paths.dir)
+            _, notes = newest_intact_checkpoint(paths.dir)  # sets damaged ones aside; pull and resume see the rest
             sync.pull_latest(paths.dir)  # a fresh machine continues from the remote's latest complete checkpoint
             resume = latest_complete_checkpoint(paths.dir)
             for note in notes:
