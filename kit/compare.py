@@ -131,6 +131,7 @@ class AdapterEvaluator:
             self.cfg.eval,  # noqa: E731
             self.cfg.data.max_length,
             self.schema,
+            turns=self.cfg.data.turns,
         )
         if adapter_dir is None:
             if self.loaded == 0:
@@ -248,6 +249,8 @@ def merge_and_compare(
         "evaluated_as": "the exact adapter (same logits as the full model)" if method == "full" else method,
         "greedy_steps": chooser.steps,
         "results": chooser.results,
+        # The shards share base and template, so one recipe; the first source that recorded one.
+        "prompt_recipe": next((a.info["prompt_recipe"] for a in adapters if a.info.get("prompt_recipe")), None),
     }
     write_json_atomic(local / MERGE_REPORT, report)
     write_text_atomic(local / MODEL_CARD, merge_card(report))
@@ -450,6 +453,8 @@ def merge_card(report: dict) -> str:
                 + _markdown_results(report["results"]),
             )
         )
+    if report.get("prompt_recipe"):
+        sections.append(("How to prompt", report["prompt_recipe"][0].upper() + report["prompt_recipe"][1:]))
     if record["method"] != "full":
         sections.append(
             (

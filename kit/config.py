@@ -29,12 +29,14 @@ from kit.layout import kit_cache_dir
 PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 PRECISIONS = ("auto", *PRECISION_DTYPE)
 QUANTIZATIONS = ("auto", "nf4", "none")
+TURNS = ("all", "last", "split")  # data.turns (kit/data/tokenize.py)
 # Older spellings, refused with the one key that replaced them (one spelling per knob).
 RENAMED = {
     "model.dtype": "train.precision (fp32 | fp16 | bf16 | auto): it sets the weights' dtype and mixed precision",
     "train.fp16": "train.precision=fp16",
     "train.bf16": "train.precision=bf16",
     "model.load_in_4bit": "model.quantize=nf4 (or none, or auto)",
+    "data.last_turn_only": "data.turns=last (or all, or split)",
 }
 
 
@@ -78,8 +80,10 @@ class LoraSection:
 class DataSection:
     max_length: int = 1024
     """Tokens per example; longer examples are cut at the end (dropped if no answer token is left)."""
-    last_turn_only: bool = False
-    """Train only on the last assistant message of each conversation."""
+    turns: str = "all"
+    """Which assistant turns train: all (in one sequence; a conversation whose earlier answers the
+    template rewrites, as Qwen3 drops their reasoning, becomes one example per turn) | last | split (one
+    example per turn, the conversation cut right after it) (kit/data/tokenize.py)."""
     padding_free: bool = False
     """Pack each micro-batch into one row with no padding (examples still can't see each other);
     batches then hold up to train.max_tokens_per_batch tokens instead of micro_batch_size examples."""
@@ -270,6 +274,7 @@ def validate(cfg: RunConfig) -> list[str]:
     for key, value, allowed in (
         ("train.precision", t.precision, PRECISIONS),
         ("model.quantize", cfg.model.quantize, QUANTIZATIONS),
+        ("data.turns", cfg.data.turns, TURNS),
     ):
         if value not in allowed:
             errors.append(f"{key}={value!r}: use one of {', '.join(allowed)}")

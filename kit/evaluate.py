@@ -22,16 +22,19 @@ from contextlib import contextmanager
 import torch
 
 from kit.collator import IGNORE_INDEX, SFTCollator
+from kit.data.prompts import encode_prompt
 from kit.data.records import to_messages
-from kit.data.tokenize import NoTrainableTokens, encode_conversation, encode_prompt
+from kit.data.template import THINK_CLOSE, template_facts
+from kit.data.tokenize import NoTrainableTokens, encode_examples
 from kit.errors import DataError
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
 
 def parse_json_answer(text: str):
-    """The JSON object/array in an answer (optionally fenced), or None when there is none."""
-    text = text.strip()
+    """The JSON object/array in an answer (optionally fenced, optionally after a reasoning model's
+    `<think>...</think>` block), or None when there is none."""
+    text = text.rpartition(THINK_CLOSE)[2].strip()
     fenced = _FENCE.search(text)
     if fenced:
         text = fenced.group(1).strip()
@@ -77,12 +80,14 @@ def _eval_mode(model):
 
 
 @torch.no_grad()
-def eval_loss(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 8) -> float:
-    """Token-weighted masked cross-entropy over the conversations' assistant tokens."""
+def eval_loss(
+    model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 8, turns: str = "all"
+) -> float:
+    """Token-weighted masked cross-entropy over the tokens training labels (`turns` as data.turns)."""
     encoded = []
     for messages in conversations:
         try:
-            encoded.append(encode_conversation(tokenizer, messages, max_length=max_length))
+            encoded += encode_examples(tokenizer, messages, max_length=max_length, turns=turns)[0]
         except NoTrainableTokens:
             continue  # the same examples the training set would drop
     if not encoded:
@@ -131,6 +136,12 @@ def generate_answers(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = _stop_ids(model, tokenizer)
+    # An end-of-turn text that is no single stop token (a base model's plain "<|im_end|>") stops
+    # generation as a string, and is cut from the answer.
+    closing = template_facts(tokenizer).closing.strip()
+    ids = tokenizer(closing, add_special_tokens=False)["input_ids"] if closing else []
+    stop_text = closing if closing and not (len(ids) == 1 and ids[0] in stop) else None
+    by_string = {"stop_strings": [stop_text], "tokenizer": tokenizer} if stop_text else {}
     answers = []
     prompts = [encode_prompt(tokenizer, messages) for messages in conversations]
     with _eval_mode(model):
@@ -147,14 +158,16 @@ def generate_answers(
                 use_cache=True,
                 pad_token_id=pad_id,
                 eos_token_id=stop,
+                **by_string,
             )
             for row in out[:, width:]:
-                answers.append(tokenizer.decode(row, skip_special_tokens=True))
+                answer = tokenizer.decode(row, skip_special_tokens=True)
+                answers.append(answer.split(stop_text)[0] if stop_text else answer)
     return answers
 
 
 def evaluate_model(
-    model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int, schema: dict | None = None
+    model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int, schema: dict | None = None, turns="all"
 ) -> dict:
     """eval_loss, json_valid_rate (and schema_valid_rate with a schema) and the generations, on the eval split."""
     conversations = [to_messages(r) for r in eval_records]
@@ -162,7 +175,7 @@ def evaluate_model(
     gen_set = conversations[: eval_cfg.generate_samples]
     answers = generate_answers(model, tokenizer, gen_set, eval_cfg.max_new_tokens, eval_cfg.batch_size)
     result = {
-        "eval_loss": eval_loss(model, tokenizer, loss_set, max_length, eval_cfg.batch_size),
+        "eval_loss": eval_loss(model, tokenizer, loss_set, max_length, eval_cfg.batch_size, turns),
         "json_valid_rate": json_valid_rate(answers),
         "eval_examples": len(loss_set),
         "generated": len(answers),

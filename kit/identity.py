@@ -26,7 +26,7 @@ from kit.layout import IDENTITY, checkpoint_name
 MATH_KEYS = {
     "model": ("name_or_path", "revision", "quantize"),
     "lora": ("r", "alpha", "dropout", "target_modules", "use_rslora", "init_seed"),
-    "data": ("max_length", "last_turn_only", "padding_free"),
+    "data": ("max_length", "turns", "padding_free"),
     "train": (
         "max_steps",
         "lr",
@@ -42,6 +42,9 @@ MATH_KEYS = {
 
 def config_identity(config: dict) -> dict:
     """The math-changing keys of a config dict (RunConfig.to_dict(), or a metrics.json's "config")."""
+    data = config.get("data", {})
+    if "turns" not in data and "last_turn_only" in data:  # written before data.turns: the same choice, renamed
+        config = {**config, "data": {**data, "turns": "last" if data["last_turn_only"] else "all"}}
     return {section: {k: config.get(section, {}).get(k) for k in keys} for section, keys in MATH_KEYS.items()}
 
 
@@ -73,6 +76,8 @@ def check_resume(checkpoint: Path, identity: dict) -> None:
     saved = read_identity(checkpoint)
     if saved is None:
         return
+    if isinstance(saved.get("config"), dict):  # read as this kit reads settings (a renamed key, its new name)
+        saved = {**saved, "config": config_identity(saved["config"])}
     differences = identity_differences(saved, identity)
     if differences:
         raise IdentityMismatch(

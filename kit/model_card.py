@@ -83,6 +83,7 @@ def shard_adapter_card(metrics: dict, config: dict, repo_id: str | None, shard: 
                 + "; merge the shard adapters with `python -m kit merge`.",
             ),
             ("Metrics", markdown_table(metric_rows)),
+            *([("How to prompt", recipe[0].upper() + recipe[1:])] if (recipe := metrics.get("prompt_recipe")) else []),
             ("Training config", f"```json\n{json.dumps(config, indent=2, sort_keys=True)}\n```"),
             ("How to load", load),
         ],

@@ -49,6 +49,7 @@ from kit.checkpoints import (
 )
 from kit.collator import SFTCollator
 from kit.config import RunConfig, config_warnings
+from kit.data.prompts import prompt_recipe
 from kit.data.records import to_messages
 from kit.data.shards import fetch_split, load_eval, load_shard, read_manifest
 from kit.data.tokenize import encode_records
@@ -197,10 +198,11 @@ class ShardData:
     """A shard's training examples, tokenized, with the eval records and the tokenizer that made them."""
 
     dataset: object  # datasets.Dataset: input_ids, labels, length
-    stats: dict  # kept, dropped_truncated, dropped_no_assistant, cache_hit
+    stats: dict  # kit/data/tokenize.py's STAT_KEYS + cache_hit
     eval_records: list[dict]
     tokenizer: object
     sha256: str  # the shard file's, from the split's manifest: which data this is
+    prompt_recipe: str  # how to prompt the adapter (kit/data/prompts.py), for the log and the model cards
 
 
 def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardData:
@@ -212,7 +214,7 @@ def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardDa
         tokenizer,
         [to_messages(r) for r in records],
         max_length=cfg.data.max_length,
-        last_turn_only=cfg.data.last_turn_only,
+        turns=cfg.data.turns,
         cache_dir=cache_folder("tokenized"),
     )
     if len(dataset) == 0:
@@ -221,19 +223,46 @@ def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardDa
             param="data.max_length",
         )
     check_eval_split(cfg, tokenizer, eval_records, data_dir)  # before any step: eval runs only after the last one
-    if stats["cut_truncated"] / len(dataset) > CUT_WARN_SHARE:
-        print(
-            f"warning: {stats['cut_truncated']} of {len(dataset)} examples of shard {shard} are cut before the end "
-            f"of their answer by data.max_length={cfg.data.max_length}: they teach answers that stop mid-way and "
-            "never their end marker. Raise data.max_length (kit plan shows the memory per step)",
-            flush=True,
-        )
+    for warning in data_warnings(cfg, stats, shard):
+        print0(f"warning: {warning}")
+    recipe = prompt_recipe(tokenizer, [to_messages(r) for r in eval_records])
+    if not recipe["matches"]:  # once per run: the adapter is prompted otherwise than the template's default
+        print0(f"note: {recipe['recipe']}")
     sha256 = read_manifest(data_dir)["files"][shard_file(shard)]["sha256"]
-    return ShardData(dataset, stats, eval_records, tokenizer, sha256)
+    return ShardData(dataset, stats, eval_records, tokenizer, sha256, recipe["recipe"])
 
 
 CUT_WARN_SHARE = 0.05
 """Above this share of examples cut short by data.max_length, training warns (the count is in the metrics anyway)."""
+
+
+def data_warnings(cfg: RunConfig, stats: dict, shard: int) -> list[str]:
+    """What the tokenized shard's counts say a user should know before training on it."""
+    kept, warnings = stats["kept"], []
+    if stats["cut_truncated"] / kept > CUT_WARN_SHARE:
+        warnings.append(
+            f"{stats['cut_truncated']} of {kept} examples of shard {shard} are cut before the end "
+            f"of their answer by data.max_length={cfg.data.max_length}: they teach answers that stop mid-way and "
+            "never their end marker. Raise data.max_length (kit plan shows the memory per step)"
+        )
+    if stats["no_end_marker"]:
+        warnings.append(
+            f"{stats['no_end_marker']} of {kept} examples of shard {shard} train no end-of-turn marker: the chat "
+            "template writes no text after those answers, so the model does not learn to stop and generates to "
+            "max_new_tokens. Use a template that closes each assistant turn (e.g. with the eos token)"
+        )
+    if stats["reasoning_not_rendered"]:
+        warnings.append(
+            f"{stats['reasoning_not_rendered']} of {kept} examples of shard {shard} carry reasoning the chat "
+            "template does not render, so it is not trained (R1-style templates drop every <think> block)"
+        )
+    if stats["split_fallback"]:
+        warnings.append(
+            f"{stats['split_fallback']} conversations of shard {shard} were trained one example per answer "
+            "(data.turns=split) because the chat template rewrites their earlier answers (Qwen3 drops their "
+            "reasoning); set data.turns=split to do so for every conversation"
+        )
+    return warnings
 
 
 def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_dir) -> None:
@@ -243,7 +272,9 @@ def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_d
             f"{data_dir}: the eval split is empty, so the shard could not be scored after training; "
             "split again with an eval_fraction above 0 (e.g. 0.02)"
         )
-    _, stats = encode_records(tokenizer, [to_messages(r) for r in eval_records], max_length=cfg.data.max_length)
+    _, stats = encode_records(
+        tokenizer, [to_messages(r) for r in eval_records], max_length=cfg.data.max_length, turns=cfg.data.turns
+    )
     if stats["kept"] == 0:
         raise DataError(
             f"{data_dir}: no eval example keeps an answer token within data.max_length="
@@ -404,8 +435,10 @@ def finish(
 ) -> dict:
     """Save the adapter, evaluate it, write metrics.json (the "done" marker) and push everything."""
     model = trainer.model
-    adapter_dir = save_adapter(model, paths, cfg, n_examples=len(data.dataset))
-    evaluation = evaluate_model(model, data.tokenizer, data.eval_records, cfg.eval, cfg.data.max_length)
+    adapter_dir = save_adapter(model, paths, cfg, n_examples=len(data.dataset), prompt_recipe=data.prompt_recipe)
+    evaluation = evaluate_model(
+        model, data.tokenizer, data.eval_records, cfg.eval, cfg.data.max_length, turns=cfg.data.turns
+    )
     write_text_atomic(
         paths.eval_generations,  # pushed beside the adapter: never half a file
         "".join(json.dumps({"answer": a}, ensure_ascii=False) + "\n" for a in evaluation.pop("generations")),
@@ -424,6 +457,7 @@ def finish(
         "kit_version": kit_version(),
         "adapter": str(adapter_dir),
         "budget": run.budget.report() if run.budget else None,
+        "prompt_recipe": data.prompt_recipe,
         "config": cfg.to_dict(),
     }
     write_json_atomic(paths.metrics, metrics)
@@ -436,7 +470,7 @@ def finish(
     return metrics
 
 
-def save_adapter(model, paths: ShardPaths, cfg: RunConfig, n_examples: int) -> Path:
+def save_adapter(model, paths: ShardPaths, cfg: RunConfig, n_examples: int, prompt_recipe: str | None = None) -> Path:
     """The PEFT adapter plus kit_adapter.json, written whole (kit/files.py): never half an adapter."""
     with folder_written_whole(paths.adapter) as tmp:
         model.save_pretrained(tmp)
@@ -449,6 +483,7 @@ def save_adapter(model, paths: ShardPaths, cfg: RunConfig, n_examples: int) -> P
                 "base_model": cfg.model.name_or_path,
                 "revision": cfg.model.revision,
                 "quantize": cfg.model.quantize,
+                "prompt_recipe": prompt_recipe,  # the merge's model card repeats it
                 "kit_version": kit_version(),
             },
         )

@@ -167,3 +167,19 @@ def test_a_resume_from_the_hub_with_other_settings_stops(hub, small_split, tmp_p
             work_dir=tmp_path / "fresh-machine",
         )
     shutil.rmtree(tmp_path / "fresh-machine")
+
+
+@pytest.mark.parametrize(("last_turn_only", "resumes"), [(False, True), (True, False)])
+def test_a_checkpoint_stamped_before_data_turns_existed_is_read_with_the_new_name(tmp_path, last_turn_only, resumes):
+    from kit.identity import check_resume, run_identity
+
+    identity = run_identity(load_config("cpu-tiny"), shard=0, data_sha256="0" * 64)
+    old = json.loads(json.dumps(identity))
+    del old["config"]["data"]["turns"]
+    old["config"]["data"]["last_turn_only"] = last_turn_only
+    (tmp_path / "kit_identity.json").write_text(json.dumps(old))
+    if resumes:
+        check_resume(tmp_path, identity)
+    else:
+        with pytest.raises(IdentityMismatch, match=r"data.turns: 'last' -> 'all'"):
+            check_resume(tmp_path, identity)

@@ -215,3 +215,15 @@ def test_without_a_preset_scoring_uses_the_adapters_base_and_still_checks_overri
     assert cfg.model.name_or_path == "bench/base" and cfg.eval.generate_samples == 3
     with pytest.raises(ConfigError, match="unknown key 'eval.bogus'"):
         eval_config(None, ["eval.bogus=1"], sources)
+
+
+def test_the_merge_card_repeats_the_shards_inference_recipe(sources, tmp_path):
+    recipe = "this template's generation prompt ends with '<think>\\n'; drop it."
+    for source in sources:
+        info = json.loads((source / "kit_adapter.json").read_text())
+        (source / "kit_adapter.json").write_text(json.dumps({**info, "prompt_recipe": recipe}))
+    scores = {name: row(1.0 + i / 10) for i, name in enumerate(["shard-00", "shard-01", "shard-02", "shard-03"])}
+    report = merge_and_compare(sources, tmp_path / "out", "best", evaluator=FakeEvaluator(scores))
+    assert report["prompt_recipe"] == recipe
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## How to prompt\n\nThis template's generation prompt ends with '<think>\\n'; drop it." in card

@@ -44,6 +44,7 @@ def test_overrides_replace_preset_values_with_their_types():
         ("train.fp16=true", "train.precision=fp16"),
         ("train.bf16=true", "train.precision=bf16"),
         ("model.load_in_4bit=true", "model.quantize=nf4"),
+        ("data.last_turn_only=true", "data.turns=last"),
     ],
 )
 def test_an_older_spelling_of_a_knob_is_refused_with_the_key_that_replaced_it(old, new):
@@ -131,3 +132,10 @@ def test_a_preset_with_a_yaml_syntax_error_is_named_with_its_line(tmp_path):
 def test_an_override_that_is_not_yaml_is_type_checked_as_text():
     with pytest.raises(ConfigError, match=r"train.max_steps='\[3' is not an integer"):
         load_config("cpu-tiny", ["train.max_steps=[3"])
+
+
+def test_data_turns_takes_all_last_or_split_and_names_them_otherwise():
+    assert load_config("cpu-tiny").data.turns == "all"
+    assert load_config("cpu-tiny", ["data.turns=split"]).data.turns == "split"
+    with pytest.raises(ConfigError, match="data.turns='first': use one of all, last, split"):
+        load_config("cpu-tiny", ["data.turns=first"])

@@ -130,6 +130,7 @@ def test_split_pushes_to_the_hub_and_train_downloads_only_its_shard(hub, demo_da
     assert meta["library_name"] == "peft" and meta["base_model"] and meta["datasets"] == [data_repo]
     assert "## Metrics" in card and "eval_loss" in card and 'subfolder="shard-01/adapter"' not in card
     assert "subfolder='shard-01/adapter'" in card
+    assert "## How to prompt\n\nPrompt with the chat template's own generation prompt" in card
     assert "shard-01/adapter/metrics.json" in files
 
     model = PeftModel.from_pretrained(

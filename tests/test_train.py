@@ -71,6 +71,10 @@ def test_a_trained_shard_writes_adapter_metrics_and_status(uninterrupted, tiny_m
     some_b = next(k for k in trained if "lora_B" in k)
     assert trained[some_b].abs().max() > 0, "training moved B away from its zero init"
     assert model.peft_config["default"].r == 8
+    # SmolLM2's ChatML: the template's own generation prompt is what the answers followed in training.
+    assert "add_generation_prompt=True" in metrics["prompt_recipe"]
+    assert json.loads((shard / "adapter" / "kit_adapter.json").read_text())["prompt_recipe"] == metrics["prompt_recipe"]
+    assert metrics["data_no_end_marker"] == 0 and metrics["data_conversations"] == metrics["train_examples"]
 
 
 def test_an_interrupted_run_resumes_to_the_same_adapter(uninterrupted, small_split, tmp_path):
@@ -208,3 +212,50 @@ def test_a_learning_rate_far_outside_loras_range_is_warned_about_not_refused(cap
     assert "train.lr=1e+12 is far outside" in config_warnings(load_config("cpu-tiny", ["train.lr=1e12"]))[0]
     assert main(["plan", "--preset", "cpu-tiny", "--set", "train.lr=1e12"]) == 0
     assert "warning: train.lr=1e+12" in capsys.readouterr().err
+
+
+def tiny_model_with_template(tiny_model_dir, tmp_path, template: str):
+    """A copy of the tiny model whose tokenizer has another chat template (the fixtures' templates)."""
+    import shutil
+    from pathlib import Path
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    fixture = Path(__file__).parent / "fixtures" / "chat_templates" / f"{template}.jinja"
+    (copy / "chat_template.jinja").write_text(fixture.read_text())
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("no_end_marker", "train no end-of-turn marker: the chat template writes no text after those answers"),
+        ("qwen3_style", "note: this template's generation prompt stops before '<think>\\n\\n</think>\\n\\n'"),
+    ],
+)
+def test_the_run_log_says_what_the_chat_template_means_for_training_and_prompting(
+    small_split, tiny_model_dir, tmp_path, capsys, template, said
+):
+    from kit.train import load_shard_data
+
+    model = tiny_model_with_template(tiny_model_dir, tmp_path, template)
+    cfg = load_config("cpu-tiny", [f"model.name_or_path={model}"])
+    data = load_shard_data(cfg, small_split, 0)
+    out = capsys.readouterr().out
+    assert said in out, out
+    if template == "no_end_marker":
+        assert data.stats["no_end_marker"] == data.stats["kept"] > 0
+    else:
+        assert "enable_thinking=False" in data.prompt_recipe and "enable_thinking=False" in out
+
+
+def test_data_warnings_name_each_count_that_needs_the_users_eye():
+    from kit.train import data_warnings
+
+    cfg = load_config("cpu-tiny")
+    quiet = {"kept": 100, "cut_truncated": 0, "no_end_marker": 0, "reasoning_not_rendered": 0, "split_fallback": 0}
+    assert data_warnings(cfg, quiet, 0) == []
+    loud = {**quiet, "cut_truncated": 10, "no_end_marker": 3, "reasoning_not_rendered": 2, "split_fallback": 4}
+    warnings = data_warnings(cfg, loud, 0)
+    assert [w.split(" ")[0] for w in warnings] == ["10", "3", "2", "4"]
+    assert "data.turns=split" in warnings[-1]

@@ -1,35 +1,56 @@
-"""Chat template -> `input_ids` + `labels` that train only the assistant, and the tokenized-data cache.
+"""Conversations -> `input_ids` + `labels` that train only the assistant, and the tokenized-data cache.
 
-Owns: turning a conversation (a list of {"role", "content"} dicts) into token ids and labels with the
-tokenizer's own chat template, whatever that template is (ChatML, Qwen2.5, Llama-3, Mistral, Gemma,
-Phi-3, Zephyr, templates that trim, templates with `{% generation %}` blocks); the eval-time prompt of a
-conversation; encoding a whole shard into a `datasets.Dataset`, cached as Arrow.
+Owns turning a conversation (a list of {"role", "content"} dicts, an assistant turn optionally with
+`reasoning_content`) into training examples with the tokenizer's own chat template, whatever that
+template is (ChatML, Qwen2.5/Qwen3, Llama-3, Mistral, Gemma, Phi-3, Zephyr, DeepSeek-R1, templates that
+trim, templates with `{% generation %}` blocks); and encoding a whole shard into a `datasets.Dataset`,
+on every core, cached as Arrow.
 
-Labelled (everything else is IGNORE_INDEX): every token of every assistant message's content, plus the
-template's end-of-turn token that closes it (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`,
-`<|end|>`, ...), not the newline after it.
+Labelled (everything else is IGNORE_INDEX): each trained assistant turn's content (with its reasoning
+where the template renders it) and the end-of-turn text the template writes after it (`<|im_end|>`,
+`<|eot_id|>`, `</s>`, `<end_of_turn>`, ..., one special token or several plain ones), not the layout
+newline after that. Which turns are trained is `turns` (the config's data.turns):
 
-Tests (no network, ~10 s):
-    .venv/bin/python -m pytest tests/data/test_tokenize.py
+    all    every assistant turn, in one sequence; a conversation whose earlier answers the template
+           rewrites (Qwen3 drops their reasoning) falls back to `split`, counted in the stats
+    last   only the last assistant turn
+    split  one example per assistant turn, the conversation cut right after it
+
+Tests (no network, ~20 s):
+    .venv/bin/python -m pytest tests/data/test_tokenize.py tests/data/test_template.py
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import re
-import secrets
+from bisect import bisect_right
+from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
+from kit.config import TURNS
+from kit.data.template import Reading, chat_template, prepared_messages, read_conversation, template_facts
 from kit.errors import ChatTemplateError, DataError
 from kit.files import folder_written_whole
 
 IGNORE_INDEX = -100
 
 # Bump when the labelling rules change, so that no cache written by older code is ever loaded.
-CACHE_FORMAT = 2  # 2: stats count cut_truncated
+CACHE_FORMAT = 3  # 3: end markers by the template's text, reasoning, data.turns
+
+STAT_KEYS = (
+    "conversations",  # conversations read (an example per trained turn under `split`)
+    "kept",  # examples kept
+    "cut_truncated",  # kept, but max_length cut an answer (or its end marker) short
+    "dropped_truncated",  # every trained token lay beyond max_length
+    "dropped_no_assistant",
+    "no_end_marker",  # kept, with a trained turn after which the template writes no end-of-turn text
+    "reasoning_not_rendered",  # kept, with reasoning in the data that the template does not render
+    "split_fallback",  # conversations `all` trained as `split`: the template rewrites their earlier answers
+)
 
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -43,234 +64,193 @@ class NoTrainableTokens(DataError):
 
 
 # --------------------------------------------------------------------------------------------------
-# One conversation
+# One conversation: which text is trained (no tokens yet)
 # --------------------------------------------------------------------------------------------------
 
 
-def encode_conversation(tokenizer, messages, max_length=None, last_turn_only=False) -> dict:
-    """-> {"input_ids": list[int], "labels": list[int]} (same length; labels IGNORE_INDEX where not trained).
+@dataclass
+class Plan:
+    """One example before tokenization: its text and the character spans to train."""
 
-    `last_turn_only` trains only the last assistant message. The start is kept and the end cut when
-    `max_length` is given; raises NoTrainableTokens when nothing is left to train ("no_assistant" or
-    "truncated"): an all-IGNORE_INDEX example is never returned.
-    """
-    template = _chat_template(tokenizer)
-    assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    if not assistant_turns:
-        raise NoTrainableTokens("no_assistant", "the conversation has no assistant message to train on")
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
-
-    text, spans = _locate_assistant_content(tokenizer, messages)
-    encoding = _tokenize_with_offsets(tokenizer, text)
-    input_ids = list(encoding["input_ids"])
-    offsets = list(encoding["offset_mapping"])
-    control_ids = _control_token_ids(tokenizer)
-    # One mask per assistant turn, so last_turn_only is just "keep the last mask".
-    turn_masks = [_turn_mask(text, input_ids, offsets, span, control_ids) for span in spans]
-
-    if _GENERATION_BLOCK.search(template):
-        _check_generation_blocks_agree(tokenizer, messages, input_ids, offsets, spans, turn_masks)
-
-    trained = turn_masks[-1:] if last_turn_only else turn_masks
-    labels = [token if any(mask[i] for mask in trained) else IGNORE_INDEX for i, token in enumerate(input_ids)]
-    cut = False
-    if max_length is not None:
-        # Keep the start: the system prompt and the question are what the answer is conditioned on.
-        cut = any(label != IGNORE_INDEX for label in labels[max_length:])  # trained tokens lost: an answer cut short
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            raise NoTrainableTokens(
-                "truncated",
-                f"every assistant token lies beyond max_length={max_length} "
-                f"(the conversation has {len(encoding['input_ids'])} tokens)",
-            )
-    return {"input_ids": input_ids, "labels": labels, "cut": cut}
+    text: str
+    spans: list[tuple[int, int, int]]  # per trained turn: (start, content end, end-of-turn text end)
+    no_end_marker: bool
+    reasoning_not_rendered: bool
 
 
-def encode_prompt(tokenizer, messages) -> list[int]:
-    """Token ids of the conversation up to (not including) its last assistant message, with the generation
-    prompt added — what a model is given at eval time to generate that last answer.
-
-    A conversation with no assistant message is all prompt.
-    """
-    _chat_template(tokenizer)
-    assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    prompt_messages = list(messages[: assistant_turns[-1]] if assistant_turns else messages)
-    if not prompt_messages:
-        raise DataError("the conversation opens with its assistant message: there is no prompt to give the model")
-    # Tokenized on its own, as a server tokenizes a prompt (the template's text, no extra special
-    # tokens): the same text the model saw before its answer in training. The last ids may still differ
-    # from the training ids where a pre-tokenizer splits trailing whitespace differently at the end of a
-    # text (SmolLM2 ends a prompt with one "\n\n" token but splits "\n\nRome" as "\n", "\n", "Rome").
-    text = _render(tokenizer, prompt_messages, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _chat_template(tokenizer) -> str:
-    try:
-        template = tokenizer.get_chat_template()
-    except ValueError:
-        template = None
-    if not template:
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ChatTemplateError(
-            f"tokenizer {name!r} has no chat template, so kit cannot tell the assistant's tokens apart. "
-            "Fix: use an instruct/chat model's tokenizer, or set `tokenizer.chat_template` to a Jinja "
-            "template (for example the one of the model family you fine-tune)."
-        )
-    return template
-
-
-def _render(tokenizer, messages, **kwargs) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-    except jinja2.TemplateError as error:
-        # raise_exception() in a template (roles that do not alternate, an unsupported system role, ...)
-        raise ChatTemplateError(
-            f"the chat template refused this conversation: {error}. Fix: shape the conversation the way "
-            "this template expects (roles, order), or use a template that accepts it."
-        ) from error
-
-
-def _locate_assistant_content(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation; return the text and the (start, end) character span of each assistant
-    message's content as the template rendered it.
-
-    Why placeholders rather than searching for the content: the conversation is rendered a second time
-    with each assistant content replaced by a unique placeholder. The template's own text between the
-    placeholders (headers, end markers, the other roles' messages) must then appear verbatim in the real
-    rendering, in order, with each assistant content (as is, or stripped when the template trims) in the
-    gaps. That parse is exact: an answer that repeats words of the question cannot be matched inside the
-    question, and it does not assume that rendering the first k messages is a prefix of rendering all of
-    them (Mistral folds the system prompt into the last user turn; Phi-3 appends an eos only when no
-    generation prompt is asked for). Any mismatch means the template changes assistant content or
-    branches on it, and then no span is trustworthy: ChatTemplateError.
-    """
-    nonce = secrets.token_hex(6)  # random, so no real text can contain a placeholder
-    placeholders, contents, placeholder_messages = [], [], []
-    for index, message in enumerate(messages):
-        if message.get("role") == "assistant":
-            content = message.get("content")
-            if not isinstance(content, str):
-                raise ChatTemplateError(
-                    f"message {index} (assistant): content must be a string to be trained on, "
-                    f"got {type(content).__name__}"
-                )
-            placeholder = f"@kit{nonce}x{len(placeholders)}@"
-            placeholders.append(placeholder)
-            contents.append(content)
-            message = {**message, "content": placeholder}
-        placeholder_messages.append(message)
-
-    text = _render(tokenizer, messages)
-    skeleton = _render(tokenizer, placeholder_messages)
-    # re.split with a capture group returns [literal, placeholder, literal, placeholder, ..., literal].
-    pieces = re.split("(" + "|".join(re.escape(p) for p in placeholders) + ")", skeleton)
-    if pieces[1::2] != placeholders:
-        raise ChatTemplateError(
-            "the chat template does not render each assistant message's content exactly once and in order "
-            f"(rendered {len(pieces[1::2])} of {len(placeholders)}), so the assistant's tokens cannot be "
-            "located. Fix: use a template that writes every assistant message's content unchanged."
-        )
-    literals = pieces[0::2]
-
-    spans, position = [], 0
-    for k, content in enumerate(contents):
-        if not text.startswith(literals[k], position):
-            raise _altered_content_error(k, content, text)
-        position += len(literals[k])
-        following = literals[k + 1]
-        is_last = k == len(contents) - 1
-        # Unaltered first; then the forms a template that trims (Llama-3, Gemma, Mistral) writes.
-        for form in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
-            end = position + len(form)
-            if text.startswith(form, position) and (
-                text[end:] == following if is_last else text.startswith(following, end)
-            ):
-                spans.append((position, end))
-                position = end
-                break
-        else:
-            raise _altered_content_error(k, content, text)
-    return text, spans
-
-
-def _altered_content_error(k: int, content: str, text: str) -> ChatTemplateError:
-    return ChatTemplateError(
-        f"assistant message #{k + 1} ({content[:60]!r}) does not appear in the rendered conversation as "
-        "written (nor stripped of surrounding whitespace): the chat template changes assistant content "
-        "or branches on it, so kit cannot tell which tokens to train. "
-        f"Rendered text begins: {text[:200]!r}. Fix: use a template that writes assistant content "
-        "unchanged (trimming is fine), or clean the content the way the template expects first."
+def _plan(reading: Reading, last_only: bool) -> Plan:
+    answers = reading.answers[-1:] if last_only else reading.answers
+    return Plan(
+        reading.text,
+        [(a.start, a.end, a.closing_end) for a in answers],
+        no_end_marker=any(a.closing_end == a.end for a in answers),
+        reasoning_not_rendered=any(a.had_reasoning and not a.reasoning_rendered for a in answers),
     )
 
 
-def _tokenize_with_offsets(tokenizer, text: str):
+def _assistant_turns(messages) -> list[int]:
+    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not turns:
+        raise NoTrainableTokens("no_assistant", "the conversation has no assistant message to train on")
+    return turns
+
+
+def plan_examples(tokenizer, messages, turns: str = "all", fallback: bool = True) -> tuple[list[Plan], bool]:
+    """-> (plans, fell_back): the examples one conversation gives under `turns`; fell_back when `all`
+    trained it as `split` because the template rewrites its earlier answers (never, with fallback=False:
+    the rewrite then raises ChatTemplateError, as it is)."""
+    if turns not in TURNS:
+        raise DataError(f"data.turns={turns!r}: use one of {', '.join(TURNS)}", param="data.turns")
+    indices = _assistant_turns(messages)
+    prepared = prepared_messages(tokenizer, messages)
+    split = lambda: [_plan(read_conversation(tokenizer, prepared[: i + 1]), last_only=True) for i in indices]  # noqa: E731
+    if turns == "split":
+        return split(), False
     try:
-        # The template writes bos/eos itself; add_special_tokens=False is also what apply_chat_template does.
-        return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        reading = read_conversation(tokenizer, prepared)
+    except ChatTemplateError:
+        if turns == "last" or len(indices) < 2 or not fallback:
+            raise
+        try:
+            return split(), True  # earlier answers rendered otherwise than as a final answer
+        except ChatTemplateError:
+            pass
+        raise  # not a rewrite of earlier turns only: the first error is the one to show
+    if turns == "all" and fallback and template_facts(tokenizer).renders_final_reasoning:
+        # Reasoning the template renders in a final answer but dropped from an earlier one (Qwen3): trained
+        # in one sequence, those answers would teach answering without it.
+        if any(a.had_reasoning and not a.reasoning_rendered for a in reading.answers[:-1]):
+            return split(), True
+    return [_plan(reading, last_only=turns == "last")], False
+
+
+# --------------------------------------------------------------------------------------------------
+# Text -> tokens -> labels
+# --------------------------------------------------------------------------------------------------
+
+
+def tokenize_texts(tokenizer, texts: list[str]):
+    """-> (ids per text, character offsets per text). The template writes bos/eos itself, so no special
+    tokens are added (as apply_chat_template does)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # Only when the backend neither truncates nor pads on its own (a tokenizer.json may ask it to; the
+    # transformers call switches that off first).
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # The Rust tokenizer itself: the same ids and offsets as tokenizer(texts, ...), without
+        # transformers converting every encoding into a dict of lists (a third of the time at 100k).
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    try:
+        encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     except NotImplementedError as error:
         raise ChatTemplateError(
             "kit needs a fast tokenizer (character offsets) to label assistant tokens; "
             "load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
         ) from error
+    return encoding["input_ids"], encoding["offset_mapping"]
 
 
-def _control_token_ids(tokenizer) -> set[int]:
-    """Ids of special tokens: the template's markers (<|im_end|>, <|eot_id|>, </s>, ...)."""
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if getattr(token, "special", False))
-    return ids
-
-
-def _turn_mask(text, input_ids, offsets, span, control_ids) -> list[bool]:
-    """Which tokens one assistant turn trains: its content and the end-of-turn token that closes it."""
-    start, end = span
-    mask = [False] * len(input_ids)
-    after = None  # index of the first token after the content
-    for i, (token_start, token_end) in enumerate(offsets):
-        if token_start >= end:
-            after = i
-            break
-        if token_end <= start:
-            continue
-        # A token that straddles the content's edge is trained only if the content part of it is more
-        # than whitespace. " hi" after Mistral's "[/INST]" must be trained (the prompt ends at "[/INST]",
-        # so the model has to produce the space too); "\n " made of ChatML's header newline and the
-        # answer's leading space must not (the newline belongs to the generation prompt).
-        inside = text[max(token_start, start) : min(token_end, end)]
-        if (start <= token_start and token_end <= end) or inside.strip():
-            mask[i] = True
-    # The end-of-turn marker: the first control token after the content, if only whitespace lies between
-    # (Llama-2 writes "answer </s>"). Generating it is how the model learns to stop; the newline the
-    # template writes after it belongs to the template's layout, not to the answer.
-    if after is not None:
-        between = []
-        for i in range(after, len(input_ids)):
-            if input_ids[i] in control_ids:
-                for j in between + [i]:
-                    mask[j] = True
-                break
+def label_tokens(text: str, input_ids, offsets, spans) -> list[int]:
+    labels = [IGNORE_INDEX] * len(input_ids)
+    ends = [end for _, end in offsets]
+    for start, end, closing_end in spans:
+        i = bisect_right(ends, start)  # the first token that ends after the answer starts
+        while i < len(input_ids) and offsets[i][0] < closing_end:
             token_start, token_end = offsets[i]
-            if text[token_start:token_end].strip():
-                break  # template text that is not an end marker: this template closes turns without one
-            between.append(i)
-    return mask
+            inside = text[max(token_start, start) : min(token_end, end)]
+            # A token that straddles the answer's start is trained only if its answer part is more than
+            # whitespace: " hi" after Mistral's "[/INST]" must be (the prompt ends at "[/INST]"), "\n " of
+            # ChatML's header newline and an answer's leading space must not (the newline belongs to the
+            # generation prompt). Every token of the end-of-turn text is trained, a plain one that also
+            # holds the layout newline after it included ("<|im_end|>" as plain text can end in ">\n").
+            if (start <= token_start and token_end <= end) or inside.strip() or token_end > end:
+                labels[i] = input_ids[i]
+            i += 1
+    return labels
 
 
-def _check_generation_blocks_agree(tokenizer, messages, input_ids, offsets, spans, turn_masks) -> None:
+def _example(plan: Plan, input_ids, offsets, max_length) -> dict:
+    labels = label_tokens(plan.text, input_ids, offsets, plan.spans)
+    input_ids, total, cut = list(input_ids), len(input_ids), False
+    if max_length is not None:
+        # Keep the start: the system prompt and the question are what the answer is conditioned on.
+        cut = any(label != IGNORE_INDEX for label in labels[max_length:])  # trained tokens lost: an answer cut short
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        if max_length is not None and total > max_length:
+            raise NoTrainableTokens(
+                "truncated",
+                f"every assistant token lies beyond max_length={max_length} (the conversation has {total} tokens)",
+            )
+        raise NoTrainableTokens("no_assistant", "the assistant answers are empty and no end-of-turn text follows them")
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "cut": cut,
+        "no_end_marker": plan.no_end_marker,
+        "reasoning_not_rendered": plan.reasoning_not_rendered,
+    }
+
+
+def _check_max_length(max_length) -> None:
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
+
+
+def encode_conversation(tokenizer, messages, max_length=None, turns: str = "all") -> dict:
+    """-> {"input_ids", "labels" (IGNORE_INDEX where not trained), "cut", "no_end_marker",
+    "reasoning_not_rendered"}: one example, `turns` "all" or "last", trained as rendered (a template that
+    changes an earlier answer's content raises ChatTemplateError here, and one that drops an earlier
+    answer's reasoning trains it without; encode_examples falls back to one example per turn instead).
+
+    The start is kept and the end cut when `max_length` is given; raises NoTrainableTokens when nothing
+    is left to train ("no_assistant" or "truncated"): an all-IGNORE_INDEX example is never returned.
+    """
+    if turns == "split":
+        raise ValueError("encode_conversation gives one example; use encode_examples for turns='split'")
+    _check_max_length(max_length)
+    (plan,), _ = plan_examples(tokenizer, messages, turns, fallback=False)
+    (input_ids,), (offsets,) = tokenize_texts(tokenizer, [plan.text])
+    example = _example(plan, input_ids, offsets, max_length)
+    _check_generation_blocks(tokenizer, messages, plan, input_ids, offsets, turns)
+    return example
+
+
+def encode_examples(tokenizer, messages, max_length=None, turns: str = "all") -> tuple[list[dict], bool]:
+    """-> (examples, fell_back): every example of one conversation under `turns` (see the module doc).
+    An example with nothing left to train after truncation is left out; NoTrainableTokens when none is left."""
+    _check_max_length(max_length)
+    plans, fell_back = plan_examples(tokenizer, messages, turns)
+    ids, offsets = tokenize_texts(tokenizer, [plan.text for plan in plans])
+    examples, dropped = [], None
+    for plan, plan_ids, plan_offsets in zip(plans, ids, offsets):
+        try:
+            examples.append(_example(plan, plan_ids, plan_offsets, max_length))
+        except NoTrainableTokens as error:
+            dropped = error
+    if not examples:
+        raise dropped
+    if turns != "split" and not fell_back:
+        _check_generation_blocks(tokenizer, messages, plans[0], ids[0], offsets[0], turns)
+    return examples, fell_back
+
+
+def _check_generation_blocks(tokenizer, messages, plan: Plan, input_ids, offsets, turns: str) -> None:
     """A template with `{% generation %}` blocks states itself what the model generates; the tokenizer
     turns those blocks into an assistant mask. Use it as a second opinion: if it disagrees with the
     located content + end marker, one of the two is wrong and training on either would be a silent bug."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    if turns != "all" or not _GENERATION_BLOCK.search(chat_template(tokenizer)):
+        return
+    out = tokenizer.apply_chat_template(
+        prepared_messages(tokenizer, messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     theirs = [bool(x) for x in out["assistant_masks"]]
-    ours = [any(mask[i] for mask in turn_masks) for i in range(len(input_ids))]
+    ours = [label != IGNORE_INDEX for label in label_tokens(plan.text, input_ids, offsets, plan.spans)]
     # The tokenizer marks every token that touches a block; a token straddling the start of an answer
-    # is decided by _turn_mask's whitespace rule instead, so only those may differ.
-    straddling = {i for i, (a, b) in enumerate(offsets) for start, _ in spans if a < start < b}
+    # is decided by label_tokens' whitespace rule instead, so only those may differ.
+    straddling = {i for i, (a, b) in enumerate(offsets) for start, _, _ in plan.spans if a < start < b}
     differ = [i for i in range(len(input_ids)) if theirs[i] != ours[i] and i not in straddling]
-    if list(out["input_ids"]) != input_ids or differ:
+    if list(out["input_ids"]) != list(input_ids) or differ:
         only_theirs = [input_ids[i] for i in differ if theirs[i]]
         only_ours = [input_ids[i] for i in differ if ours[i]]
         raise ChatTemplateError(
@@ -282,44 +262,52 @@ def _check_generation_blocks_agree(tokenizer, messages, input_ids, offsets, span
 
 
 # --------------------------------------------------------------------------------------------------
-# Many conversations, cached
+# Many conversations, on every core, cached
 # --------------------------------------------------------------------------------------------------
 
+PARALLEL_FROM = 4000
+"""Below this many conversations, one process: starting workers would cost more than it saves."""
 
-def encode_records(tokenizer, conversations, max_length=None, last_turn_only=False, cache_dir=None):
+_CHUNK = 256  # conversations rendered, then tokenized in one batched call
+
+
+def encode_records(tokenizer, conversations, max_length=None, turns: str = "all", cache_dir=None, num_proc=None):
     """Encode many conversations (each a list of {"role","content"} dicts).
 
-    Returns (dataset, stats): a datasets.Dataset with columns input_ids, labels, length, and
-    {"kept", "cut_truncated", "dropped_truncated", "dropped_no_assistant", "cache_hit"}; cut_truncated
-    counts kept examples whose answer max_length cut short. Conversations with nothing to
-    train are dropped and counted, never kept as all-IGNORE_INDEX rows. With `cache_dir`, the result is
-    saved as Arrow under a key of (tokenizer name + vocab hash, chat template, max_length,
-    last_turn_only, data hash); the same call again loads it without tokenizing anything.
+    Returns (dataset, stats): a datasets.Dataset with columns input_ids, labels, length, and the
+    counts of STAT_KEYS plus "cache_hit". Conversations with nothing to train are dropped and counted,
+    never kept as all-IGNORE_INDEX rows. `num_proc` worker processes share the work (default: every
+    core, from PARALLEL_FROM conversations on); the result does not depend on it. With `cache_dir`, the
+    result is saved as Arrow under a key of (tokenizer name + vocab hash, chat template, max_length,
+    turns, data hash); the same call again loads it without tokenizing anything.
     """
     import datasets  # here, not at import time: encode_conversation alone does not need it
 
     conversations = list(conversations)
+    if turns not in TURNS:
+        raise DataError(f"data.turns={turns!r}: use one of {', '.join(TURNS)}", param="data.turns")
+    _check_max_length(max_length)
     cache_path = None
     if cache_dir is not None:
-        key = _cache_key(tokenizer, conversations, max_length, last_turn_only)
+        key = _cache_key(tokenizer, conversations, max_length, turns)
         cache_path = Path(cache_dir) / f"tokenized-{key}"
         if (cache_path / "kit_stats.json").exists():
             stats = json.loads((cache_path / "kit_stats.json").read_text())
             return datasets.load_from_disk(str(cache_path)), {**stats, "cache_hit": True}
 
+    chunks = [conversations[i : i + _CHUNK] for i in range(0, len(conversations), _CHUNK)]
+    workers = _workers(num_proc, len(conversations))
+    if workers > 1:
+        results = _map_in_processes(tokenizer, chunks, max_length, turns, workers)
+    else:
+        results = [_encode_chunk(tokenizer, chunk, max_length, turns) for chunk in chunks]
     columns = {"input_ids": [], "labels": [], "length": []}
-    stats = {"kept": 0, "cut_truncated": 0, "dropped_truncated": 0, "dropped_no_assistant": 0}
-    for messages in conversations:
-        try:
-            example = encode_conversation(tokenizer, messages, max_length, last_turn_only)
-        except NoTrainableTokens as dropped:
-            stats[f"dropped_{dropped.reason}"] += 1
-            continue
-        columns["input_ids"].append(example["input_ids"])
-        columns["labels"].append(example["labels"])
-        columns["length"].append(len(example["input_ids"]))
-        stats["kept"] += 1
-        stats["cut_truncated"] += example["cut"]  # kept, but an answer (or its end marker) lost its end
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    for chunk_columns, chunk_stats in results:
+        for name in columns:
+            columns[name].extend(chunk_columns[name])
+        for name in STAT_KEYS:
+            stats[name] += chunk_stats[name]
 
     features = datasets.Features(
         {
@@ -334,17 +322,87 @@ def encode_records(tokenizer, conversations, max_length=None, last_turn_only=Fal
     return dataset, {**stats, "cache_hit": False}
 
 
-def _cache_key(tokenizer, conversations, max_length, last_turn_only) -> str:
+def _encode_chunk(tokenizer, conversations, max_length, turns):
+    """Render and plan each conversation, tokenize the chunk's texts in one call, then label."""
+    columns = {"input_ids": [], "labels": [], "length": []}
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    planned = []  # (conversation index, plan)
+    for n, messages in enumerate(conversations):
+        stats["conversations"] += 1
+        try:
+            plans, fell_back = plan_examples(tokenizer, messages, turns)
+        except NoTrainableTokens as dropped:
+            stats[f"dropped_{dropped.reason}"] += 1
+            continue
+        stats["split_fallback"] += fell_back
+        planned += [(n, plan, fell_back) for plan in plans]
+    if not planned:
+        return columns, stats
+    ids, offsets = tokenize_texts(tokenizer, [plan.text for _, plan, _ in planned])
+    kept_from: dict[int, bool | str] = {}  # conversation -> True once an example is kept, else why dropped
+    for (n, plan, fell_back), plan_ids, plan_offsets in zip(planned, ids, offsets):
+        try:
+            example = _example(plan, plan_ids, plan_offsets, max_length)
+        except NoTrainableTokens as dropped:
+            if kept_from.get(n) is not True:
+                kept_from[n] = dropped.reason
+            continue
+        if turns == "all" and not fell_back:
+            _check_generation_blocks(tokenizer, conversations[n], plan, plan_ids, plan_offsets, turns)
+        kept_from[n] = True
+        columns["input_ids"].append(example["input_ids"])
+        columns["labels"].append(example["labels"])
+        columns["length"].append(len(example["input_ids"]))
+        stats["kept"] += 1
+        stats["cut_truncated"] += example["cut"]
+        stats["no_end_marker"] += example["no_end_marker"]
+        stats["reasoning_not_rendered"] += example["reasoning_not_rendered"]
+    for reason in kept_from.values():  # a conversation with nothing left to train
+        if reason is not True:
+            stats[f"dropped_{reason}"] += 1
+    return columns, stats
+
+
+def _workers(num_proc, n_conversations: int) -> int:
+    if num_proc is not None:
+        return max(1, int(num_proc))
+    if n_conversations < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+
+
+_worker_tokenizer = None  # set in the parent before the fork, so workers inherit it instead of unpickling it
+
+
+def _worker_chunk(args):
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the worker is one core; no nested Rust threads
+    return _encode_chunk(_worker_tokenizer, *args)
+
+
+def _map_in_processes(tokenizer, chunks, max_length, turns, workers):
+    # fork: a worker starts in milliseconds with the tokenizer already loaded. Workers only render and
+    # tokenize (no torch, no CUDA), so forking a process that holds a model is safe.
+    global _worker_tokenizer
+    template_facts(tokenizer)  # probed once here, inherited by every worker
+    _worker_tokenizer = tokenizer
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_worker_chunk, [(chunk, max_length, turns) for chunk in chunks], chunksize=4)
+    finally:
+        _worker_tokenizer = None
+
+
+def _cache_key(tokenizer, conversations, max_length, turns) -> str:
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    # Which tokens are special decides which end-of-turn token is labelled, so it is part of the identity.
+    special = sorted(tokenizer.all_special_ids)
     identity = {
         "format": CACHE_FORMAT,
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
         "vocab": hashlib.sha256(vocab.encode()).hexdigest(),
-        "control_ids": sorted(_control_token_ids(tokenizer)),
-        "chat_template": _chat_template(tokenizer),
+        "special_ids": special,  # which added tokens are special changes how a text splits
+        "chat_template": chat_template(tokenizer),
         "max_length": max_length,
-        "last_turn_only": bool(last_turn_only),
+        "turns": turns,
         "data": hashlib.sha256(
             json.dumps(conversations, sort_keys=True, ensure_ascii=False, default=str).encode()
         ).hexdigest(),

@@ -2,63 +2,29 @@
 truncation, the eval prompt and the tokenized-data cache.
 
 Each format is a template written for these tests (tests/fixtures/chat_templates/*.jinja) applied to a
-copy of the real SmolLM2 tokenizer with that format's markers added as special tokens. No network.
+copy of the real SmolLM2 tokenizer, with that format's markers added as special tokens or left as plain
+text (tests/data/chat_formats.py). No network.
 
     .venv/bin/python -m pytest tests/data/test_tokenize.py
 """
 
 import copy
-from pathlib import Path
 
 import pytest
+from chat_formats import (
+    FORMATS,
+    REASONING_FORMATS,
+    TEMPLATES,
+    format_tokenizer,
+    labelled_runs,
+    plain_tokenizer,
+    template_tokenizer,
+)
 from transformers import AutoTokenizer
 
-from kit.data.tokenize import IGNORE_INDEX, NoTrainableTokens, encode_conversation, encode_prompt, encode_records
+from kit.data.prompts import encode_prompt
+from kit.data.tokenize import IGNORE_INDEX, NoTrainableTokens, encode_conversation, encode_examples, encode_records
 from kit.errors import ChatTemplateError
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "fixtures" / "chat_templates"
-
-# format -> (fixture, special tokens to add, tokenizer attributes to set, end-of-turn marker, trims content,
-#            text the tokenizer merges into the first answer token from the template)
-FORMATS = {
-    "chatml": ("chatml", [], {}, "<|im_end|>", False, ""),
-    "qwen2_5": ("qwen2_5", [], {}, "<|im_end|>", False, ""),
-    "llama3": (
-        "llama3",
-        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
-        "<|eot_id|>",
-        True,
-        "",
-    ),
-    # Mistral writes "[/INST] answer": the BPE token " answer" carries the template's space.
-    "mistral": (
-        "mistral",
-        ["<s>", "</s>", "[INST]", "[/INST]"],
-        {"bos_token": "<s>", "eos_token": "</s>"},
-        "</s>",
-        True,
-        " ",
-    ),
-    "gemma": (
-        "gemma",
-        ["<bos>", "<start_of_turn>", "<end_of_turn>"],
-        {"bos_token": "<bos>"},
-        "<end_of_turn>",
-        True,
-        "",
-    ),
-    "phi3": ("phi3", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], {}, "<|end|>", False, ""),
-    "zephyr": (
-        "zephyr",
-        ["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"],
-        {"eos_token": "</s>"},
-        "</s>",
-        False,
-        "",
-    ),
-    "chatml_generation": ("chatml_generation", [], {}, "<|im_end|>", False, ""),
-}
 
 SYSTEM = {"role": "system", "content": "You answer in one short sentence."}
 CONVERSATIONS = {
@@ -86,16 +52,6 @@ CONVERSATIONS = {
 @pytest.fixture(scope="module")
 def base_tokenizer(smollm2_dir):
     return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
-def format_tokenizer(base, name):
-    fixture, specials, attributes, *_ = FORMATS[name]
-    tokenizer = copy.deepcopy(base)  # never touch the shared tokenizer
-    tokenizer.add_tokens(specials, special_tokens=True)
-    for attribute, value in attributes.items():
-        setattr(tokenizer, attribute, value)
-    tokenizer.chat_template = (TEMPLATES / f"{fixture}.jinja").read_text()
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +158,7 @@ def test_mistral_labels_are_right_although_rendering_a_prefix_is_not_a_prefix_of
 @pytest.mark.parametrize("name", ["chatml", "llama3", "mistral", "gemma"])
 def test_last_turn_only_labels_only_the_final_answer(tokenizers, name):
     tokenizer, messages = tokenizers[name], CONVERSATIONS["multi_turn_with_system"]
-    example = encode_conversation(tokenizer, messages, last_turn_only=True)
+    example = encode_conversation(tokenizer, messages, turns="last")
     assert labelled_text(tokenizer, example) == expected_labelled_text(name, messages[-1:])
     assert example["input_ids"] == encode_conversation(tokenizer, messages)["input_ids"]
 
@@ -213,12 +169,7 @@ def test_the_eval_prompt_is_the_text_before_the_last_answer(tokenizers, name):
     example = encode_conversation(tokenizer, messages)
     prompt = encode_prompt(tokenizer, messages)
     before_last_answer = example["input_ids"][: turn_starts(example)[-1]]
-    # Same text; the ids may differ at the very end, where the prompt is tokenized on its own as it is
-    # at serving time (SmolLM2's pre-tokenizer splits "\n\nRome" as "\n" "\n" "Rome", but a final
-    # "\n\n" as one token).
-    assert tokenizer.decode(prompt) == tokenizer.decode(before_last_answer)
-    if name in ("chatml", "qwen2_5", "mistral", "phi3"):
-        assert prompt == before_last_answer
+    assert prompt == before_last_answer  # the very tokens training conditioned the answer on
 
 
 def test_the_eval_prompt_ends_with_the_generation_prompt_and_drops_a_trailing_user_turn(tokenizers):
@@ -307,7 +258,7 @@ def test_truncation_that_cuts_every_answer_raises_no_trainable_tokens_truncated(
     # With last_turn_only, surviving earlier answers do not count: only the last one is trained.
     last_answer = turn_starts(encode_conversation(tokenizer, messages))[-1]
     with pytest.raises(NoTrainableTokens):
-        encode_conversation(tokenizer, messages, max_length=last_answer, last_turn_only=True)
+        encode_conversation(tokenizer, messages, max_length=last_answer, turns="last")
 
 
 # -- many records, cached ------------------------------------------------------------------------------
@@ -346,10 +297,14 @@ def test_encode_records_drops_and_counts_conversations_with_nothing_to_train(tok
     tokenizer = tokenizers["chatml"]
     dataset, stats = encode_records(tokenizer, shard(), max_length=100)
     assert stats == {
+        "conversations": 4,
         "kept": 2,
         "cut_truncated": 0,
         "dropped_truncated": 1,
         "dropped_no_assistant": 1,
+        "no_end_marker": 0,
+        "reasoning_not_rendered": 0,
+        "split_fallback": 0,
         "cache_hit": False,
     }
     assert dataset.column_names == ["input_ids", "labels", "length"]
@@ -377,13 +332,13 @@ def test_the_cache_is_missed_when_max_length_last_turn_only_template_or_data_cha
     tokenizer = tokenizers["chatml"]
     encode_records(tokenizer, shard(), max_length=100, cache_dir=tmp_path)
     other_template = format_tokenizer(base_tokenizer, "qwen2_5")
-    for tokenizer_, data, max_length, last_turn_only in [
-        (tokenizer, shard(), 200, False),
-        (tokenizer, shard(), 100, True),
-        (other_template, shard(), 100, False),
-        (tokenizer, shard()[:3], 100, False),
+    for tokenizer_, data, max_length, turns in [
+        (tokenizer, shard(), 200, "all"),
+        (tokenizer, shard(), 100, "last"),
+        (other_template, shard(), 100, "all"),
+        (tokenizer, shard()[:3], 100, "all"),
     ]:
-        _, stats = encode_records(tokenizer_, data, max_length, last_turn_only, cache_dir=tmp_path)
+        _, stats = encode_records(tokenizer_, data, max_length, turns, cache_dir=tmp_path)
         assert stats["cache_hit"] is False
 
 
@@ -397,3 +352,177 @@ def test_examples_cut_before_the_end_of_their_answer_are_kept_and_counted(tokeni
     assert not encode_conversation(tokenizer, conversation, max_length=last_label + 1)["cut"]
     _, stats = encode_records(tokenizer, [conversation, CONVERSATIONS["non_ascii"]], max_length=last_label)
     assert stats["kept"] == 2 and stats["cut_truncated"] >= 1
+
+
+# -- end markers the tokenizer does not know as special tokens -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizers(base_tokenizer):
+    return {name: plain_tokenizer(base_tokenizer, name) for name in FORMATS}
+
+
+@pytest.mark.parametrize("case", CONVERSATIONS)
+@pytest.mark.parametrize("name", FORMATS)
+def test_an_end_marker_written_as_plain_text_is_trained_to_its_last_character(plain_tokenizers, name, case):
+    tokenizer, messages = plain_tokenizers[name], CONVERSATIONS[case]
+    *_, end, trims, lead = FORMATS[name]
+    example = encode_conversation(tokenizer, messages)
+    assert not example["no_end_marker"]
+    answers = [lead + (m["content"].strip() if trims else m["content"]) for m in messages if m["role"] == "assistant"]
+    runs = labelled_runs(tokenizer, example)
+    assert len(runs) == len(answers)
+    for run, answer in zip(runs, answers):
+        assert run.startswith(answer + end), (run, answer + end)
+        # Past the marker only what shares a token with its last character (Llama-3's "<|eot_id|>" and
+        # the next header's "<" are one plain token "><"): the template's next text, never a whole token.
+        rest = run[len(answer + end) :]
+        if rest:
+            last = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+            shared = [tokenizer.decode([t]) for t in last if tokenizer.decode([t]).endswith(rest)]
+            assert any(end[-1] + rest in token for token in shared), (run, rest)
+
+
+def test_the_plain_markers_are_really_plain_text_in_these_tests(plain_tokenizers):
+    for name in ("llama3", "gemma", "phi3", "mistral"):
+        tokenizer, end = plain_tokenizers[name], FORMATS[name][3]
+        assert len(tokenizer(end, add_special_tokens=False)["input_ids"]) > 1, name
+
+
+def test_a_template_that_writes_no_end_marker_trains_the_answers_and_counts_those_examples(base_tokenizer):
+    tokenizer = template_tokenizer(base_tokenizer, "no_end_marker")
+    messages = CONVERSATIONS["multi_turn_with_system"]
+    example = encode_conversation(tokenizer, messages)
+    assert example["no_end_marker"]
+    assert labelled_runs(tokenizer, example) == [m["content"] for m in messages if m["role"] == "assistant"]
+    _, stats = encode_records(tokenizer, [messages, CONVERSATIONS["non_ascii"]])
+    assert stats["kept"] == 2 and stats["no_end_marker"] == 2
+    _, with_marker = encode_records(format_tokenizer(base_tokenizer, "chatml"), [messages])
+    assert with_marker["no_end_marker"] == 0
+
+
+# -- data.turns and reasoning ---------------------------------------------------------------------------
+
+THOUGHT_1, ANSWER_1 = "Add one and two.", '{"sum": 3}'
+THOUGHT_2, ANSWER_2 = "Three and four.", '{"sum": 7}'
+REASONING = [
+    {"role": "user", "content": "1+2 as JSON?"},
+    {"role": "assistant", "content": f"<think>\n{THOUGHT_1}\n</think>\n\n{ANSWER_1}"},
+    {"role": "user", "content": "3+4 as JSON?"},
+    {"role": "assistant", "content": ANSWER_2, "reasoning_content": THOUGHT_2},
+]
+
+
+@pytest.fixture(scope="module")
+def reasoning_tokenizers(base_tokenizer):
+    return {name: format_tokenizer(base_tokenizer, name) for name in REASONING_FORMATS}
+
+
+def qwen3_trained(thought, answer):
+    return f"<think>\n{thought}\n</think>\n\n{answer}<|im_end|>"
+
+
+def test_split_gives_each_answer_its_own_example_cut_right_after_it(tokenizers):
+    tokenizer, messages = tokenizers["llama3"], CONVERSATIONS["multi_turn_with_system"]
+    examples, fell_back = encode_examples(tokenizer, messages, turns="split")
+    assert not fell_back and len(examples) == 2
+    first, second = examples
+    assert first["input_ids"] == encode_conversation(tokenizer, messages[:3])["input_ids"]
+    assert labelled_runs(tokenizer, first) == ["The capital of France is Paris.<|eot_id|>"]
+    assert labelled_runs(tokenizer, second) == ["Rome is the capital of Italy.<|eot_id|>"]
+    assert second["input_ids"] == encode_conversation(tokenizer, messages, turns="last")["input_ids"]
+
+
+def test_a_final_answers_reasoning_is_trained_where_qwen3_renders_it_inline_or_as_reasoning_content(
+    reasoning_tokenizers,
+):
+    tokenizer = reasoning_tokenizers["qwen3_style"]
+    inline = [REASONING[0], REASONING[1]]
+    separate = [REASONING[0], {"role": "assistant", "content": ANSWER_1, "reasoning_content": THOUGHT_1}]
+    example = encode_conversation(tokenizer, inline)
+    assert example == encode_conversation(tokenizer, separate)
+    assert labelled_runs(tokenizer, example) == [qwen3_trained(THOUGHT_1, ANSWER_1)]
+    assert not example["reasoning_not_rendered"]
+
+
+def test_multi_turn_reasoning_that_qwen3_drops_from_earlier_turns_falls_back_to_split_and_is_counted(
+    reasoning_tokenizers,
+):
+    tokenizer = reasoning_tokenizers["qwen3_style"]
+    examples, fell_back = encode_examples(tokenizer, REASONING, turns="all")
+    assert fell_back
+    assert examples == encode_examples(tokenizer, REASONING, turns="split")[0]
+    assert [labelled_runs(tokenizer, e) for e in examples] == [
+        [qwen3_trained(THOUGHT_1, ANSWER_1)],
+        [qwen3_trained(THOUGHT_2, ANSWER_2)],
+    ]
+    _, stats = encode_records(tokenizer, [REASONING, REASONING[:2], CONVERSATIONS["multi_turn_with_system"]])
+    assert stats["conversations"] == 3 and stats["split_fallback"] == 1 and stats["kept"] == 4
+    assert stats["reasoning_not_rendered"] == 0
+
+
+def test_a_template_that_never_renders_reasoning_trains_the_answers_in_one_sequence_and_counts_it(
+    reasoning_tokenizers,
+):
+    tokenizer = reasoning_tokenizers["r1_distill_style"]
+    examples, fell_back = encode_examples(tokenizer, REASONING, turns="all")
+    assert not fell_back and len(examples) == 1
+    end = REASONING_FORMATS["r1_distill_style"][3]
+    assert labelled_runs(tokenizer, examples[0]) == [ANSWER_1 + end, ANSWER_2 + end]
+    assert examples[0]["reasoning_not_rendered"]
+    _, stats = encode_records(tokenizer, [REASONING, CONVERSATIONS["non_ascii"]])
+    assert stats["reasoning_not_rendered"] == 1 and stats["split_fallback"] == 0
+
+
+def test_a_template_that_knows_no_reasoning_trains_an_inline_think_block_as_the_content_it_renders(tokenizers):
+    tokenizer = tokenizers["chatml"]
+    example = encode_conversation(tokenizer, REASONING)
+    runs = labelled_runs(tokenizer, example)
+    assert runs == [REASONING[1]["content"] + "<|im_end|>", ANSWER_2 + "<|im_end|>"]
+    assert example["reasoning_not_rendered"]  # the second turn's reasoning_content: ChatML writes none
+
+
+@pytest.mark.parametrize("turns", ["all", "last", "split"])
+@pytest.mark.parametrize("name", REASONING_FORMATS)
+def test_multi_turn_reasoning_data_trains_under_every_turns_setting(reasoning_tokenizers, name, turns):
+    dataset, stats = encode_records(reasoning_tokenizers[name], [REASONING] * 3, turns=turns)
+    # Qwen3-style `all` falls back to one example per answer; R1-style renders no reasoning, so keeps one.
+    per_conversation = {"last": 1, "split": 2, "all": 2 if name == "qwen3_style" else 1}[turns]
+    assert stats["kept"] == len(dataset) == 3 * per_conversation
+
+
+def test_an_unknown_turns_setting_names_the_knob(tokenizers):
+    with pytest.raises(Exception, match="data.turns"):
+        encode_records(tokenizers["chatml"], [CONVERSATIONS["non_ascii"]], turns="first")
+
+
+# -- many conversations, fast -----------------------------------------------------------------------------
+
+
+def test_the_rust_tokenizer_call_gives_the_ids_and_offsets_of_the_transformers_call(tokenizers, plain_tokenizers):
+    from kit.data.tokenize import tokenize_texts
+
+    texts = [tokenizers["llama3"].apply_chat_template(c, tokenize=False) for c in CONVERSATIONS.values()]
+    for tokenizer in (tokenizers["llama3"], plain_tokenizers["llama3"]):
+        ids, offsets = tokenize_texts(tokenizer, texts)
+        expected = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        assert ids == expected["input_ids"]
+        assert [list(map(tuple, o)) for o in offsets] == [list(map(tuple, o)) for o in expected["offset_mapping"]]
+
+
+def test_a_backend_set_to_truncate_is_called_through_transformers_which_does_not(base_tokenizer):
+    from kit.data.tokenize import tokenize_texts
+
+    tokenizer = copy.deepcopy(base_tokenizer)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=3)  # as a tokenizer.json may ship
+    text = "a long enough text to be cut"
+    ids, _ = tokenize_texts(tokenizer, [text])
+    assert ids == [tokenizer(text, add_special_tokens=False)["input_ids"]] and len(ids[0]) > 3
+
+
+def test_worker_processes_give_the_same_dataset_and_counts_as_one(tokenizers):
+    conversations = shard() * 300 + [REASONING]  # 1201 conversations, 5 chunks
+    one, one_stats = encode_records(tokenizers["chatml"], conversations, max_length=100, num_proc=1)
+    two, two_stats = encode_records(tokenizers["chatml"], conversations, max_length=100, num_proc=2)
+    assert one.to_dict() == two.to_dict() and one_stats == two_stats
+    assert one_stats["conversations"] == 1201 and one_stats["dropped_no_assistant"] == 300
