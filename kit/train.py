@@ -59,6 +59,7 @@ from kit.evaluate import evaluate_model
 from kit.files import folder_written_whole, read_json, write_json_atomic, write_text_atomic
 from kit.identity import IdentityStamp, check_resume, finished_differences, run_identity
 from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder, shard_file
+from kit.loss import labelled_loss_trainer
 from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
 from kit.platform import check_platform_packages, quantization_in_effect, resolve_platform
@@ -98,6 +99,24 @@ def training_arguments(cfg: RunConfig, run_dir: Path):
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=True,  # status.json and the log lines carry progress; a bar per shard is noise under papermill
+    )
+
+
+def build_trainer(cfg: RunConfig, dataset, tokenizer, run_dir: Path, callbacks=(), base_model=None):
+    """The Trainer a shard trains with (scripts/bench_peers.py and bench_gpu.py time this same one): LoRA
+    on a freshly loaded base (or `base_model`), kit's collator, token-budget packs when
+    data.padding_free, the LM head at labels only."""
+    from transformers import Trainer
+
+    packed = {"max_tokens_per_batch": cfg.tokens_per_batch()} if cfg.data.padding_free else {}
+    trainer_class = labelled_loss_trainer(packed_trainer_class() if packed else Trainer)  # kit/loss.py
+    return trainer_class(
+        **packed,
+        model=add_lora(base_model if base_model is not None else load_base_model(cfg), cfg),
+        args=training_arguments(cfg, run_dir),
+        train_dataset=dataset,
+        data_collator=SFTCollator(tokenizer, padding_free=cfg.data.padding_free),
+        callbacks=list(callbacks),
     )
 
 
@@ -369,17 +388,7 @@ class ShardRun:
 
     def make_trainer(self, cfg: RunConfig):
         """A fresh model each try: an OOM retry must not reuse a half-stepped one."""
-        from transformers import Trainer
-
-        packed = {"max_tokens_per_batch": cfg.tokens_per_batch()} if cfg.data.padding_free else {}
-        return (packed_trainer_class() if packed else Trainer)(
-            **packed,
-            model=add_lora(load_base_model(cfg), cfg),
-            args=training_arguments(cfg, self.paths.dir),
-            train_dataset=self.data.dataset,
-            data_collator=SFTCollator(self.data.tokenizer, padding_free=cfg.data.padding_free),
-            callbacks=self.callbacks(),
-        )
+        return build_trainer(cfg, self.data.dataset, self.data.tokenizer, self.paths.dir, self.callbacks())
 
     def train(self, resume: Path | None):
         """(trainer, TrainOutput); status.json says running, then failed with the error if training raises."""
