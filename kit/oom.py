@@ -1,5 +1,8 @@
 """Out of memory at the start of a run: halve the micro-batch, double the accumulation, try again.
 
+A packed run's micro-batch is its token budget (train.max_tokens_per_batch), halved down to one
+max-length example; a padded run's is train.micro_batch_size, halved down to 1.
+
     trainer, result = train_with_oom_backoff(make_trainer, cfg, resume_dir)
 
 `make_trainer(cfg)` builds a fresh model and Trainer from cfg (a retry must not
@@ -35,9 +38,24 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, oom_type) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
 
 
+def can_halve(cfg) -> bool:
+    """A smaller micro-batch is left: 2+ examples padded, or a packed budget of 2+ max-length examples."""
+    if cfg.data.padding_free:
+        return cfg.tokens_per_batch() // 2 >= cfg.data.max_length
+    return cfg.train.micro_batch_size > 1
+
+
 def halve_micro_batch(cfg) -> str:
-    """Halve train.micro_batch_size and double train.grad_accum in place; return what was done."""
+    """Halve the micro-batch (packed: train.max_tokens_per_batch; padded: train.micro_batch_size) and
+    double train.grad_accum in place, so a step trains as many tokens or examples; return what was done."""
     t = cfg.train
+    if cfg.data.padding_free:
+        budget, accum = cfg.tokens_per_batch(), t.grad_accum
+        t.max_tokens_per_batch, t.grad_accum = budget // 2, accum * 2
+        return (
+            f"out of memory at {budget} tokens a micro-batch x accumulation {accum}: retrying with "
+            f"{t.max_tokens_per_batch} x {t.grad_accum} (about the same tokens per step)"
+        )
     before = (t.micro_batch_size, t.grad_accum)
     t.micro_batch_size //= 2
     t.grad_accum *= 2
@@ -60,11 +78,13 @@ def train_with_oom_backoff(make_trainer, cfg, resume, find_resume=None, log=prin
             if not is_out_of_memory(err):
                 raise
             early = trainer.state.global_step - start < PROBE_STEPS
-            if distributed or not early or cfg.train.micro_batch_size <= 1:
-                why = "under DDP" if distributed else "after the first steps" if not early else "at micro-batch 1"
+            if distributed or not early or not can_halve(cfg):
+                smallest = "at the smallest micro-batch (one max-length example)"
+                why = "under DDP" if distributed else "after the first steps" if not early else smallest
+                knob = "train.max_tokens_per_batch" if cfg.data.padding_free else "train.micro_batch_size"
                 raise type(err)(
-                    f"{err}\nkit: out of memory {why}; lower train.micro_batch_size (and raise "
-                    "train.grad_accum to keep the global batch), shorten data.max_length, or turn on "
+                    f"{err}\nkit: out of memory {why}; lower {knob} (and raise "
+                    "train.grad_accum to keep the batch), shorten data.max_length, or turn on "
                     "model.gradient_checkpointing"
                 ) from err
             log(halve_micro_batch(cfg))

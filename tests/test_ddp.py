@@ -27,7 +27,15 @@ from safetensors.torch import load_file
 from kit.launch import torchrun_command
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["train.max_steps=4", "train.save_steps=2", "lora.dropout=0", "eval.generate_samples=2", "eval.max_new_tokens=8"]
+# Padded: 2 ranks x 2 examples is then exactly 1 process x 4 (token-budget packs split otherwise).
+TINY = [
+    "train.max_steps=4",
+    "train.save_steps=2",
+    "lora.dropout=0",
+    "eval.generate_samples=2",
+    "eval.max_new_tokens=8",
+    "data.padding_free=false",
+]
 
 AUDIT = """
 import os, sys

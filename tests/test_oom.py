@@ -17,6 +17,9 @@ from kit.train import train_shard
 OVERRIDES = ["train.max_steps=4", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
 
 
+PADDED = [*OVERRIDES, "data.padding_free=false"]  # micro-batches of examples (the packed one: its own test)
+
+
 def fail_above(monkeypatch, max_rows):
     """Make the model's training forward raise CUDA's OOM for any micro-batch larger than max_rows."""
     forward = modeling_llama.LlamaForCausalLM.forward
@@ -37,14 +40,14 @@ def test_oom_errors_are_recognised_by_type_and_by_message():
 
 def test_an_oom_halves_the_micro_batch_and_keeps_the_global_batch(small_split, tmp_path, monkeypatch, capsys):
     fail_above(monkeypatch, 2)
-    metrics = train_shard(load_config("cpu-tiny", OVERRIDES), small_split, 0, tmp_path / "backoff")
+    metrics = train_shard(load_config("cpu-tiny", PADDED), small_split, 0, tmp_path / "backoff")
     t = metrics["config"]["train"]
     assert (t["micro_batch_size"], t["grad_accum"]) == (2, 2) and metrics["steps"] == 4
     assert "out of memory at micro-batch 4 x accumulation 1: retrying with 2 x 2" in capsys.readouterr().out
     monkeypatch.undo()
     # The retried run is exactly the run one would have started with 2 x 2.
     direct = train_shard(
-        load_config("cpu-tiny", [*OVERRIDES, "train.micro_batch_size=2", "train.grad_accum=2"]),
+        load_config("cpu-tiny", [*PADDED, "train.micro_batch_size=2", "train.grad_accum=2"]),
         small_split,
         0,
         tmp_path / "direct",
@@ -57,8 +60,27 @@ def test_an_oom_halves_the_micro_batch_and_keeps_the_global_batch(small_split, t
 
 def test_an_oom_at_micro_batch_one_is_raised_with_the_fix(small_split, tmp_path, monkeypatch, capsys):
     fail_above(monkeypatch, 0)
-    with pytest.raises(torch.cuda.OutOfMemoryError, match="at micro-batch 1; lower train.micro_batch_size"):
-        train_shard(load_config("cpu-tiny", OVERRIDES), small_split, 0, tmp_path)
+    with pytest.raises(
+        torch.cuda.OutOfMemoryError, match="at the smallest micro-batch.*; lower train.micro_batch_size"
+    ):
+        train_shard(load_config("cpu-tiny", PADDED), small_split, 0, tmp_path)
     out = capsys.readouterr().out
     assert "retrying with 2 x 2" in out and "retrying with 1 x 4" in out
     assert json.loads((tmp_path / "shard-00" / "status.json").read_text())["state"] == "failed"
+
+
+def test_a_packed_run_halves_its_token_budget_and_doubles_the_accumulation(small_split, tmp_path, monkeypatch, capsys):
+    forward = modeling_llama.LlamaForCausalLM.forward
+
+    def limited(self, input_ids=None, *args, **kwargs):  # a packed row is one row: its length is the budget
+        if self.training and input_ids is not None and input_ids.shape[1] > 300:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: {input_ids.shape[1]} tokens > 300)")
+        return forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "forward", limited)
+    metrics = train_shard(load_config("cpu-tiny", OVERRIDES), small_split, 0, tmp_path)  # budget 512, max_length 256
+    t = metrics["config"]["train"]
+    assert (t["max_tokens_per_batch"], t["grad_accum"]) == (256, 2)
+    assert (
+        "out of memory at 512 tokens a micro-batch x accumulation 1: retrying with 256 x 2" in capsys.readouterr().out
+    )

@@ -60,7 +60,7 @@ def test_auto_knobs_of_the_kaggle_t4x2_preset_resolve_for_a_t4(capsys):
     assert (cfg.model.load_in_4bit, cfg.train.optim, cfg.model.attn_implementation) == (
         True,
         "paged_adamw_8bit",
-        "sdpa",
+        "kit_packed_sdpa",  # packed rows on a T4: no FlashAttention-2 there
     )
     assert len(notes) == 4 and validate(cfg) == []
     out = capsys.readouterr().out
@@ -106,7 +106,7 @@ def test_auto_attention_for_packed_rows_without_flash_attention_is_kit_packed_sd
     notes = resolve_platform(cfg, decide(gpus, has_flash_attn=True), verbose=False)
     assert cfg.model.attn_implementation == "kit_packed_sdpa"
     assert any("T x T mask" in n for n in notes)
-    padded = load_config("cpu-tiny", ["model.attn_implementation=auto"])
+    padded = load_config("cpu-tiny", ["model.attn_implementation=auto", "data.padding_free=false"])
     resolve_platform(padded, decide(gpus), verbose=False)
     assert padded.model.attn_implementation == "sdpa", "padded batches gain nothing from it"
 
