@@ -1,8 +1,10 @@
 """`kit_packed_sdpa`: SDPA that runs a packed row example by example instead of through a T x T mask.
 
 Owns: the attention implementation kit registers with transformers for padding-free training on
-machines without FlashAttention-2 (CPU, T4, P100). Tests: tests/test_attention.py
-(`.venv/bin/python -m pytest -q tests/test_attention.py`, CPU, no network, ~1 min).
+machines without the flash_attn package (CPU, T4, P100, and Ampere+ GPUs where it is not installed: there
+torch's own varlen FlashAttention kernel runs the row in one call). Tests: tests/test_attention.py
+(`.venv/bin/python -m pytest -q tests/test_attention.py`, CPU, no network, ~1 min) and, on a GPU,
+tests/test_attention_gpu.py.
 
     import kit.attention                                   # registers it (kit.model.load_base_model does this)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="kit_packed_sdpa")
@@ -158,6 +160,8 @@ def kit_packed_sdpa_attention(
     # GQA: SDPA repeats the key/value heads itself (what transformers' sdpa does on CPU and CUDA when
     # there is no mask); only when the head counts differ, since enable_gqa has its own checks.
     gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+    if dropout == 0.0 and varlen_usable(query):
+        return _varlen(query, key, value, boundaries, scaling, gqa), None
     outputs = []
     for start, end in zip(boundaries[:-1], boundaries[1:]):
         # Slices along the sequence dim are views: no copy of q/k/v, and autograd routes each
@@ -176,6 +180,40 @@ def kit_packed_sdpa_attention(
         )
     attn_output = torch.cat(outputs, dim=2)
     return attn_output.transpose(1, 2).contiguous(), None
+
+
+def varlen_usable(query: torch.Tensor) -> bool:
+    """torch's packed FlashAttention kernel (torch.nn.attention.varlen) runs this query: CUDA, compute
+    capability >= 8.0, half precision. Then one kernel call serves the whole row; elsewhere (CPU, T4,
+    P100, fp32) the per-example loop, one SDPA launch per example and layer, is the fallback."""
+    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.9)
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(query.device) >= (8, 0)
+
+
+def _varlen(query, key, value, boundaries, scaling, gqa) -> torch.Tensor:
+    """The packed row in one varlen call: (1, heads, T, d) in, (1, T, heads, d) out, causal per example."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    cu_seq = torch.tensor(boundaries, dtype=torch.int32, device=query.device)
+    longest = max(b - a for a, b in zip(boundaries[:-1], boundaries[1:]))
+    out = varlen_attn(
+        query[0].transpose(0, 1),  # (T, heads, d)
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        cu_seq,
+        cu_seq,
+        longest,
+        longest,
+        scale=scaling,
+        window_size=(-1, 0),  # causal
+        **gqa,
+    )
+    return out.unsqueeze(0)
 
 
 def register() -> None:

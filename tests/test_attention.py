@@ -137,3 +137,10 @@ def test_a_packed_run_with_kit_packed_sdpa_resumes_to_the_same_adapter(small_spl
     assert resumed["resumed_from_step"] == 2
     assert max_abs_diff(adapter_weights(tmp_path / "resumed"), adapter_weights(tmp_path / "straight")) <= 1e-6
     assert straight["train_tokens"] > 6 * 300  # packed: ~4 chats per 512-token step, as in test_train.py
+
+
+def test_the_packed_varlen_kernel_is_used_only_on_cuda_half_precision_from_ampere():
+    from kit.attention import varlen_usable
+
+    assert not varlen_usable(torch.zeros(1, 2, 4, 8))  # CPU: the per-example loop
+    assert not varlen_usable(torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16))
