@@ -177,7 +177,8 @@ def run_path(path: str, shape: str, model_dir: Path, dataset, steps: int) -> dic
         trainer = build_trainer(cfg, dataset, SimpleNamespace(pad_token_id=0), Path(out), [timer], base_model=base)
         trainer.data_collator = CountingCollator(trainer.data_collator)
         trainer.train()
-    tokens = sum(trainer.data_collator.tokens[1 : steps + 1])
+    accum = cfg.train.grad_accum  # micro-batches per step: the first `accum` made the warm-up step
+    tokens = sum(trainer.data_collator.tokens[accum : accum * (steps + 1)])
     seconds = timer.ends[steps] - timer.ends[0]
     tokens_per_s = tokens / seconds
     flops = peak_flops()

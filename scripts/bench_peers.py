@@ -238,7 +238,7 @@ def worker(mode: str, n: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"kit-peers-{mode}-") as out:
         result = (run_trl if mode.startswith("trl") else run_kit)(mode, chats, steps, Path(out))
     ends, tokens, *settings = result
-    timed_tokens = sum(tokens[1 : steps + 1])  # batch 0 is the warm-up step's
+    timed_tokens = sum(tokens[1 : steps + 1])  # batch 0 is the warm-up step's (every mode: 1 batch a step)
     seconds = ends[steps] - ends[0]
     report = {
         "mode": mode,
