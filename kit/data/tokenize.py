@@ -99,8 +99,7 @@ def plan_examples(tokenizer, messages, turns: str = "all", fallback: bool = True
     """-> (plans, fell_back): the examples one conversation gives under `turns`; fell_back when `all`
     trained it as `split` because the template rewrites its earlier answers (never, with fallback=False:
     the rewrite then raises ChatTemplateError, as it is)."""
-    if turns not in TURNS:
-        raise DataError(f"data.turns={turns!r}: use one of {', '.join(TURNS)}", param="data.turns")
+    _check_turns(turns)
     indices = _assistant_turns(messages)
     prepared = prepared_messages(tokenizer, messages)
     split = lambda: [_plan(read_conversation(tokenizer, prepared[: i + 1]), last_only=True) for i in indices]  # noqa: E731
@@ -192,9 +191,30 @@ def _example(plan: Plan, input_ids, offsets, max_length) -> dict:
     }
 
 
+def _check_turns(turns: str) -> None:
+    if turns not in TURNS:
+        raise DataError(f"data.turns={turns!r}: use one of {', '.join(TURNS)}", param="data.turns")
+
+
 def _check_max_length(max_length) -> None:
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
+
+
+def _tokenized(tokenizer, planned, max_length, turns):
+    """planned: [(messages, plan, fell_back), ...]. Tokenizes every plan's text in one call and yields, in
+    order, each plan's example, or the NoTrainableTokens that dropped it. An example of a conversation
+    trained as rendered (no fallback) also gets the `{% generation %}` second opinion."""
+    ids, offsets = tokenize_texts(tokenizer, [plan.text for _, plan, _ in planned])
+    for (messages, plan, fell_back), plan_ids, plan_offsets in zip(planned, ids, offsets):
+        try:
+            example = _example(plan, plan_ids, plan_offsets, max_length)
+        except NoTrainableTokens as dropped:
+            yield dropped
+            continue
+        if not fell_back:
+            _check_generation_blocks(tokenizer, messages, plan, plan_ids, plan_offsets, turns)
+        yield example
 
 
 def encode_conversation(tokenizer, messages, max_length=None, turns: str = "all") -> dict:
@@ -210,9 +230,9 @@ def encode_conversation(tokenizer, messages, max_length=None, turns: str = "all"
         raise ValueError("encode_conversation gives one example; use encode_examples for turns='split'")
     _check_max_length(max_length)
     (plan,), _ = plan_examples(tokenizer, messages, turns, fallback=False)
-    (input_ids,), (offsets,) = tokenize_texts(tokenizer, [plan.text])
-    example = _example(plan, input_ids, offsets, max_length)
-    _check_generation_blocks(tokenizer, messages, plan, input_ids, offsets, turns)
+    (example,) = _tokenized(tokenizer, [(messages, plan, False)], max_length, turns)
+    if isinstance(example, NoTrainableTokens):
+        raise example
     return example
 
 
@@ -221,17 +241,10 @@ def encode_examples(tokenizer, messages, max_length=None, turns: str = "all") ->
     An example with nothing left to train after truncation is left out; NoTrainableTokens when none is left."""
     _check_max_length(max_length)
     plans, fell_back = plan_examples(tokenizer, messages, turns)
-    ids, offsets = tokenize_texts(tokenizer, [plan.text for plan in plans])
-    examples, dropped = [], None
-    for plan, plan_ids, plan_offsets in zip(plans, ids, offsets):
-        try:
-            examples.append(_example(plan, plan_ids, plan_offsets, max_length))
-        except NoTrainableTokens as error:
-            dropped = error
+    results = list(_tokenized(tokenizer, [(messages, plan, fell_back) for plan in plans], max_length, turns))
+    examples = [r for r in results if not isinstance(r, NoTrainableTokens)]
     if not examples:
-        raise dropped
-    if turns != "split" and not fell_back:
-        _check_generation_blocks(tokenizer, messages, plans[0], ids[0], offsets[0], turns)
+        raise results[-1]
     return examples, fell_back
 
 
@@ -284,8 +297,7 @@ def encode_records(tokenizer, conversations, max_length=None, turns: str = "all"
     import datasets  # here, not at import time: encode_conversation alone does not need it
 
     conversations = list(conversations)
-    if turns not in TURNS:
-        raise DataError(f"data.turns={turns!r}: use one of {', '.join(TURNS)}", param="data.turns")
+    _check_turns(turns)
     _check_max_length(max_length)
     cache_path = None
     if cache_dir is not None:
@@ -326,7 +338,7 @@ def _encode_chunk(tokenizer, conversations, max_length, turns):
     """Render and plan each conversation, tokenize the chunk's texts in one call, then label."""
     columns = {"input_ids": [], "labels": [], "length": []}
     stats = dict.fromkeys(STAT_KEYS, 0)
-    planned = []  # (conversation index, plan)
+    planned, owners = [], []  # (messages, plan, fell_back) per example; its conversation's index
     for n, messages in enumerate(conversations):
         stats["conversations"] += 1
         try:
@@ -335,20 +347,16 @@ def _encode_chunk(tokenizer, conversations, max_length, turns):
             stats[f"dropped_{dropped.reason}"] += 1
             continue
         stats["split_fallback"] += fell_back
-        planned += [(n, plan, fell_back) for plan in plans]
+        planned += [(messages, plan, fell_back) for plan in plans]
+        owners += [n] * len(plans)
     if not planned:
         return columns, stats
-    ids, offsets = tokenize_texts(tokenizer, [plan.text for _, plan, _ in planned])
     kept_from: dict[int, bool | str] = {}  # conversation -> True once an example is kept, else why dropped
-    for (n, plan, fell_back), plan_ids, plan_offsets in zip(planned, ids, offsets):
-        try:
-            example = _example(plan, plan_ids, plan_offsets, max_length)
-        except NoTrainableTokens as dropped:
+    for n, example in zip(owners, _tokenized(tokenizer, planned, max_length, turns)):
+        if isinstance(example, NoTrainableTokens):
             if kept_from.get(n) is not True:
-                kept_from[n] = dropped.reason
+                kept_from[n] = example.reason
             continue
-        if turns == "all" and not fell_back:
-            _check_generation_blocks(tokenizer, conversations[n], plan, plan_ids, plan_offsets, turns)
         kept_from[n] = True
         columns["input_ids"].append(example["input_ids"])
         columns["labels"].append(example["labels"])
