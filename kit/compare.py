@@ -398,7 +398,7 @@ def _markdown_results(table: dict[str, dict]) -> str:
 
 def merge_card(report: dict) -> str:
     """The README.md of DEST: sources, strategy, weights, method, error and the evaluation table."""
-    from kit.model_card import render_model_card
+    from kit.model_card import prompt_section, render_model_card
 
     record = report["merge"]
     base = record.get("base_model") or ""
@@ -453,8 +453,7 @@ def merge_card(report: dict) -> str:
                 + _markdown_results(report["results"]),
             )
         )
-    if report.get("prompt_recipe"):
-        sections.append(("How to prompt", report["prompt_recipe"][0].upper() + report["prompt_recipe"][1:]))
+    sections += prompt_section(report.get("prompt_recipe"))
     if record["method"] != "full":
         sections.append(
             (

@@ -27,7 +27,7 @@ from kit.data.records import to_messages
 from kit.data.template import THINK_CLOSE, template_facts
 from kit.data.tokenize import NoTrainableTokens, encode_examples
 from kit.errors import DataError
-from kit.loss import labelled_loss, supports_logits_to_keep
+from kit.loss import labelled_loss
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
@@ -99,25 +99,13 @@ def eval_loss(
         )
     collate = SFTCollator(tokenizer)
     device = next(model.parameters()).device
-    head_at_labels = supports_logits_to_keep(model)
     total, count = 0.0, 0
     with _eval_mode(model):
         for i in range(0, len(encoded), batch_size):
             batch = {k: v.to(device) for k, v in collate(encoded[i : i + batch_size]).items()}
             count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if head_at_labels:  # the summed loss, the LM head run only where it is scored (kit/loss.py)
-                total += labelled_loss(model, batch, num_items_in_batch=1)[0].item()
-                continue
-            labels = batch.pop("labels")
-            logits = model(**batch, use_cache=False).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)),
-                shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            total += loss.item()
+            # The summed loss (over 1 item), the LM head run only where it is scored (kit/loss.py).
+            total += labelled_loss(model, batch, num_items_in_batch=1)[0].item()
     return total / count
 
 

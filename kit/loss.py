@@ -12,8 +12,9 @@ loss is (a sum over `num_items_in_batch` when the Trainer passes it, else the me
 accumulation and DDP scale it exactly as before. tests/test_loss.py checks loss and LoRA gradients
 against the full computation (<= 1e-5 relative).
 
-A model whose forward takes no `logits_to_keep`, and DataParallel (which would split the position
-tensor across GPUs), keep the full head: `supports_logits_to_keep`.
+A model whose forward takes no `logits_to_keep` runs the full head and the loss is taken at the same
+positions (`supports_logits_to_keep`); under DataParallel (which would split the position tensor
+across GPUs) the Trainer's own loss runs.
 """
 
 from __future__ import annotations
@@ -54,8 +55,13 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None):
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     keep = labelled_positions(labels)
-    outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits.float()  # as transformers' ForCausalLMLoss: the loss in fp32 whatever the weights
+    if supports_logits_to_keep(model):
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        logits = outputs.logits
+    else:  # the full head, then the same positions: the same loss
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits[:, keep]
+    logits = logits.float()  # as transformers' ForCausalLMLoss: the loss in fp32 whatever the weights
     targets = labels[:, 1:][:, keep].to(logits.device)
     reduction = "sum" if num_items_in_batch is not None else "mean"
     if targets.numel() == 0 or not (targets != IGNORE_INDEX).any():
@@ -84,7 +90,6 @@ def labelled_loss_trainer(base):
                 or self.args.n_gpu > 1  # DataParallel would scatter the position tensor
                 or self.label_smoother is not None
                 or self.compute_loss_func is not None
-                or not supports_logits_to_keep(model)
             )
             if full_head:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

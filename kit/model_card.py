@@ -44,6 +44,11 @@ def render_model_card(metadata: dict, title: str, sections: list[tuple[str, str]
     return card
 
 
+def prompt_section(recipe: str | None) -> list[tuple[str, str]]:
+    """The "How to prompt" section from a run's inference recipe (kit/data/prompts.py); none without one."""
+    return [("How to prompt", recipe[0].upper() + recipe[1:])] if recipe else []
+
+
 def markdown_table(rows: dict) -> str:
     """A two-column `| key | value |` table; floats get 4 significant decimals."""
     lines = ["| key | value |", "| --- | --- |"]
@@ -83,7 +88,7 @@ def shard_adapter_card(metrics: dict, config: dict, repo_id: str | None, shard: 
                 + "; merge the shard adapters with `python -m kit merge`.",
             ),
             ("Metrics", markdown_table(metric_rows)),
-            *([("How to prompt", recipe[0].upper() + recipe[1:])] if (recipe := metrics.get("prompt_recipe")) else []),
+            *prompt_section(metrics.get("prompt_recipe")),
             ("Training config", f"```json\n{json.dumps(config, indent=2, sort_keys=True)}\n```"),
             ("How to load", load),
         ],
