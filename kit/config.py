@@ -30,6 +30,7 @@ PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 PRECISIONS = ("auto", *PRECISION_DTYPE)
 QUANTIZATIONS = ("auto", "nf4", "none")
 TURNS = ("all", "last", "split")  # data.turns (kit/data/tokenize.py)
+TRACKERS = ("trackio", "tensorboard", "wandb")  # train.report_to (kit/trackers.py)
 # Older spellings, refused with the one key that replaced them (one spelling per knob).
 RENAMED = {
     "model.dtype": "train.precision (fp32 | fp16 | bf16 | auto): it sets the weights' dtype and mixed precision",
@@ -118,6 +119,14 @@ class TrainSection:
     """Session time limit: stop cleanly (checkpoint saved, state stopped_for_time) before it; 0 = none
     (kit/budget.py)."""
     logging_steps: int = 1
+    report_to: str = "none"
+    """Experiment trackers: none | trackio | tensorboard | wandb, or several ("trackio,tensorboard");
+    every shard of a run reports to one project under the name REPO/shard-II (kit/trackers.py)."""
+    trackio_space_id: str = ""
+    """With report_to=trackio: the Hugging Face Space (USER/NAME) every shard of the run logs to; "" = local only."""
+    heartbeat_minutes: float = 5.0
+    """A Hub run pushes status.json (and renews the shard's lease) this often between checkpoints; `kit status`
+    calls a shard stale after 3 missed beats, and a lease that old can be taken over (kit/lease.py)."""
     save_total_limit: int = 2
     """Local checkpoints kept; older ones are deleted after a newer one is complete."""
 
@@ -278,9 +287,26 @@ def validate(cfg: RunConfig) -> list[str]:
     ):
         if value not in allowed:
             errors.append(f"{key}={value!r}: use one of {', '.join(allowed)}")
+    try:
+        report_targets(t.report_to)
+    except ValueError as e:
+        errors.append(f"train.report_to={t.report_to!r}: unknown tracker {e}")
+    if t.heartbeat_minutes <= 0:
+        errors.append(f"train.heartbeat_minutes={t.heartbeat_minutes}: must be positive (5 is the default)")
     if t.session_hours < 0:
         errors.append(f"train.session_hours={t.session_hours}: must be 0 (no limit) or positive")
     return errors
+
+
+def report_targets(value: str) -> list[str]:
+    """`train.report_to` as a list: "none" or "" -> []; "trackio,tensorboard" -> both; unknown names: ValueError."""
+    names = [n.strip().lower() for n in re.split(r"[,\s]+", value or "") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} (use none or any of {', '.join(TRACKERS)})")
+    return list(dict.fromkeys(names))
 
 
 LORA_LR_RANGE = (1e-6, 1e-2)

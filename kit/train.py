@@ -65,13 +65,16 @@ from kit.oom import train_with_oom_backoff
 from kit.platform import check_platform_packages, quantization_in_effect, resolve_platform
 from kit.progress import ProgressBar
 from kit.sync import open_shard_sync
+from kit.trackers import TrackerNames, check_tracker_packages, tracker_arguments, tracker_callbacks, tracker_names
 from kit.wheel import kit_version
 
 
-def training_arguments(cfg: RunConfig, run_dir: Path):
+def training_arguments(cfg: RunConfig, run_dir: Path, trackers: TrackerNames | None = None):
+    """The Trainer's arguments; `trackers` names the run for train.report_to (none without it)."""
     from transformers import TrainingArguments
 
     t = cfg.train
+    reporting = tracker_arguments(cfg, trackers) if trackers else {"report_to": "none"}
     return TrainingArguments(
         output_dir=str(run_dir),
         max_steps=t.max_steps,
@@ -90,7 +93,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path):
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        report_to="none",
+        **reporting,
         remove_unused_columns=False,  # our collator reads input_ids/labels itself
         # Packed rows have no attention_mask, and "non_padding" would then skip every token equal to
         # the pad id, which is often eos: count all (a packed row has no padding anyway).
@@ -102,10 +105,18 @@ def training_arguments(cfg: RunConfig, run_dir: Path):
     )
 
 
-def build_trainer(cfg: RunConfig, dataset, tokenizer, run_dir: Path, callbacks=(), base_model=None):
+def build_trainer(
+    cfg: RunConfig,
+    dataset,
+    tokenizer,
+    run_dir: Path,
+    callbacks=(),
+    base_model=None,
+    trackers: TrackerNames | None = None,
+):
     """The Trainer a shard trains with (scripts/bench_peers.py and bench_gpu.py time this same one): LoRA
     on a freshly loaded base (or `base_model`), kit's collator, token-budget packs when
-    data.padding_free, the LM head at labels only."""
+    data.padding_free, the LM head at labels only; `trackers` turns on train.report_to (kit/trackers.py)."""
     from transformers import Trainer
 
     packed = {"max_tokens_per_batch": cfg.tokens_per_batch()} if cfg.data.padding_free else {}
@@ -113,10 +124,10 @@ def build_trainer(cfg: RunConfig, dataset, tokenizer, run_dir: Path, callbacks=(
     return trainer_class(
         **packed,
         model=add_lora(base_model if base_model is not None else load_base_model(cfg), cfg),
-        args=training_arguments(cfg, run_dir),
+        args=training_arguments(cfg, run_dir, trackers),
         train_dataset=dataset,
         data_collator=SFTCollator(tokenizer, padding_free=cfg.data.padding_free),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *(tracker_callbacks(cfg, run_dir) if trackers else [])],
     )
 
 
@@ -139,6 +150,7 @@ def train_shard(
     main = is_main_process()  # under torchrun only rank 0 writes status, metrics, adapter and pushes (kit/launch.py)
     resolve_platform(cfg, verbose=main)  # fills the preset's `auto` knobs for this GPU and says why
     check_platform_packages(cfg)  # a missing bitsandbytes fails here, before any download or model load
+    check_tracker_packages(cfg)  # and so does a missing tracker (train.report_to)
     print0(quantization_in_effect(cfg))
     for warning in config_warnings(cfg):
         print0(f"warning: {warning}")
@@ -158,7 +170,7 @@ def train_shard(
         f"shard {shard}: {len(data.dataset)} examples ({data.stats}); "
         + (f"resuming from {resume.name}" if resume else "starting")
     )
-    run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks)
+    run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks, tracker_names(output, shard))
     trainer, result = run.train(resume)
     if run.stopped_for_time:
         return run.stop_for_time(trainer) if main else {}
@@ -355,10 +367,11 @@ class ShardRun:
         main: bool,
         identity: dict,
         callbacks=(),
+        trackers: TrackerNames | None = None,
     ):
         self.cfg, self.paths, self.data, self.status, self.sync = cfg, paths, data, status, sync
         self.started, self.main, self.extra = started, main, list(callbacks)
-        self.identity = identity
+        self.identity, self.trackers = identity, trackers
         self.budget = None
         if cfg.train.session_hours > 0:
             self.budget = SessionBudget(
@@ -388,7 +401,9 @@ class ShardRun:
 
     def make_trainer(self, cfg: RunConfig):
         """A fresh model each try: an OOM retry must not reuse a half-stepped one."""
-        return build_trainer(cfg, self.data.dataset, self.data.tokenizer, self.paths.dir, self.callbacks())
+        return build_trainer(
+            cfg, self.data.dataset, self.data.tokenizer, self.paths.dir, self.callbacks(), trackers=self.trackers
+        )
 
     def train(self, resume: Path | None):
         """(trainer, TrainOutput); status.json says running, then failed with the error if training raises."""
