@@ -4,7 +4,7 @@
     python -m kit train --preset cpu-tiny --data shards/ --shard 0 --output runs/x [--set train.max_steps=10]
     python -m kit train --preset colab-t4 --data hf://datasets/me/data --shard 0 --output hf://me/run [--work-dir DIR]
     python -m kit merge runs/x/shard-00 runs/x/shard-01 --strategy average --out merged/ [--method exact|svd|...]
-    python -m kit status hf://me/run [--data shards/] [--stale-after 15] [--json]
+    python -m kit status hf://me/run [--data shards/] [--stale-after MINUTES] [--json]
     python -m kit plan --preset colab-t4 [--set lora.r=32] [--time-limit 14400]
     torchrun --standalone --nproc_per_node 2 -m kit train --preset kaggle-t4x2 ...   # DDP, one process per GPU
 
@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         "--work-dir", help="local folder for a hf:// (or remote folder) OUTPUT (default $KIT_CACHE/runs/USER--REPO)"
     )
     t.add_argument("--public", action="store_true", help="create the hf:// OUTPUT repo public (default: private)")
+    t.add_argument(
+        "--take-over",
+        action="store_true",
+        help="train the shard even though another session's lease on it looks alive (that session stops writing)",
+    )
     t.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key, e.g. train.lr=1e-4"
     )
@@ -119,9 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--stale-after",
         type=float,
-        default=15.0,
+        default=None,
         metavar="MINUTES",
-        help="a running shard silent this long is marked stale (default 15)",
+        help="a running shard silent this long is marked stale (default: 3 missed heartbeats of that shard, "
+        "15 min at train.heartbeat_minutes=5)",
     )
     st.add_argument("--json", action="store_true", help="print {'shards': [...], 'totals': {...}} as JSON")
 
@@ -182,7 +188,15 @@ def _run(args) -> int:
         from kit.train import train_shard
 
         cfg = load_config(args.preset, _with_time_limit(args))
-        train_shard(cfg, args.data, args.shard, args.output, work_dir=args.work_dir, private=not args.public)
+        train_shard(
+            cfg,
+            args.data,
+            args.shard,
+            args.output,
+            work_dir=args.work_dir,
+            private=not args.public,
+            take_over=args.take_over,
+        )
     elif args.command == "merge":
         from kit.compare import adapter_evaluator, eval_config, format_scores, load_schema, merge_and_compare
         from kit.merge import parse_weights
@@ -220,7 +234,8 @@ def _run(args) -> int:
     elif args.command == "status":
         from kit.status import format_fleet, read_fleet
 
-        fleet = read_fleet(args.dest, args.data, stale_after=args.stale_after * 60)
+        stale_after = None if args.stale_after is None else args.stale_after * 60
+        fleet = read_fleet(args.dest, args.data, stale_after=stale_after)
         print(json.dumps(fleet, indent=2) if args.json else format_fleet(fleet))
     elif args.command == "plan":
         import contextlib

@@ -251,6 +251,7 @@ def merge_and_compare(
         "results": chooser.results,
         # The shards share base and template, so one recipe; the first source that recorded one.
         "prompt_recipe": next((a.info["prompt_recipe"] for a in adapters if a.info.get("prompt_recipe")), None),
+        "hub_id": next((a.info["hub_id"] for a in adapters if a.info.get("hub_id")), None),
     }
     write_json_atomic(local / MERGE_REPORT, report)
     write_text_atomic(local / MODEL_CARD, merge_card(report))
@@ -260,6 +261,10 @@ def merge_and_compare(
         remote.commit_folder(local, folder, f"kit merge: {strategy} ({method}) of {len(adapters)} adapters")
         report["pushed_to"] = str(out)
         print(f"pushed the merged adapter to {out}")
+        from kit.sync import refresh_run_card
+
+        if refresh_run_card(remote, eval_data):  # a merge into its run's repo: the root card lists it
+            print(f"refreshed {remote.location}'s root {MODEL_CARD} (shards and merges)")
     return report
 
 
@@ -398,12 +403,12 @@ def _markdown_results(table: dict[str, dict]) -> str:
 
 def merge_card(report: dict) -> str:
     """The README.md of DEST: sources, strategy, weights, method, error and the evaluation table."""
-    from kit.model_card import prompt_section, render_model_card
+    from kit.model_card import PIPELINE_TAG, eval_results, hub_base_model, prompt_section, render_model_card
 
     record = report["merge"]
     base = record.get("base_model") or ""
     # A local folder is no Hub id: the Hub's metadata validator would reject it as base_model.
-    hub_base = base if base and not base.startswith(("/", ".", "~")) and not Path(base).exists() else None
+    hub_base = hub_base_model({"model": {"name_or_path": base, "hub_id": report.get("hub_id")}})
     weights = dict(zip(record["names"], record["weights"]))
     rows = ["| source | path | r | alpha | rsLoRA | weight |", "|---|---|---|---|---|---|"]
     for s in report["sources"]:
@@ -460,15 +465,18 @@ def merge_card(report: dict) -> str:
                 "How to load",
                 "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
                 "model = PeftModel.from_pretrained(\n"
-                f"    AutoModelForCausalLM.from_pretrained({base!r}), 'PATH_OR_REPO'\n)\n```",
+                f"    AutoModelForCausalLM.from_pretrained({hub_base or base!r}), 'PATH_OR_REPO'\n)\n```",
             )
         )
+    chosen_scores = (report.get("results") or {}).get(report["chosen"], {})
     return render_model_card(
         {
             "base_model": hub_base,
             "library_name": "transformers" if record["method"] == "full" else "peft",
+            "pipeline_tag": PIPELINE_TAG,
             "tags": ["kit", "lora", "merge", report["strategy"]],
         },
+        results=eval_results(chosen_scores) or None,
         title=f"kit merged {'model' if record['method'] == 'full' else 'adapter'} "
         f"({report['strategy']}, {record['method']})",
         sections=sections,

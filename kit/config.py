@@ -47,6 +47,9 @@ class ModelSection:
     """Local folder or Hub id of the base model. `${KIT_CACHE}` is ~/.cache/kit unless set."""
     revision: str = "main"
     """Hub revision of the base model (recorded in the adapter for the merge's compatibility check)."""
+    hub_id: str = ""
+    """The Hub id a local name_or_path is a copy of: model cards name it as base_model (never a local
+    path); "" = name_or_path when that is a Hub id, else no base_model in the cards."""
     attn_implementation: str = "sdpa"
     """auto | sdpa | eager | flash_attention_2 | kit_packed_sdpa (kit/attention.py: sdpa that runs a
     padding-free row example by example, without transformers' T x T mask; auto picks it for

@@ -96,6 +96,10 @@ class SecretInOutputError(KitError, ValueError):
     """Something about to be published (a model card) holds what looks like a Hub token."""
 
 
+class ShardLeaseError(RemoteError):
+    """Another session holds the shard's lease (kit/lease.py), or took it from this one: one writer per shard."""
+
+
 def show_errors_first() -> bool:
     """In a notebook, show a KitError's message above its traceback; True when installed.
 

@@ -35,6 +35,7 @@ def torchrun_command(
     overrides=(),
     time_limit_s: float | None = None,
     work_dir: str | None = None,
+    take_over: bool = False,
 ) -> list[str]:
     """The argv that trains one shard on `nproc` processes of this machine."""
     cmd = [
@@ -62,6 +63,8 @@ def torchrun_command(
         cmd += ["--time-limit", f"{time_limit_s:g}"]
     if work_dir:
         cmd += ["--work-dir", str(work_dir)]
+    if take_over:
+        cmd.append("--take-over")
     return cmd
 
 
@@ -75,10 +78,11 @@ def launch_shard(
     time_limit_s: float | None = None,
     work_dir: str | None = None,
     env: dict | None = None,
+    take_over: bool = False,
 ) -> dict:
     """Run the torchrun command, echoing its output line by line (a notebook shows a child's output only
     if it is read and printed); return the shard's metrics (partial ones if it stopped for time)."""
-    cmd = torchrun_command(nproc, preset, data, shard, output, overrides, time_limit_s, work_dir)
+    cmd = torchrun_command(nproc, preset, data, shard, output, overrides, time_limit_s, work_dir, take_over)
     print("launching:", " ".join(cmd[1:]), flush=True)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}

@@ -20,6 +20,8 @@ A run (`kit train --output RUN`, and its Hub model repo), per shard:
                                   written, kit_identity.json (the data and settings it trained on)
     shard-II/latest.json          (a remote) the newest complete checkpoint pushed, with each file's sha256
     shard-II/status.json          state, step, loss, tokens/s, ETA: what `kit status` reads
+    shard-II/lease.json           (a remote) the one session that may write the shard, renewed by its heartbeat
+    shard-II/tensorboard/         event files, with train.report_to=tensorboard
     shard-II/metrics.json         written when the shard is done; its presence means "done"
     shard-II/metrics.partial.json a budget stop's partial metrics (the shard is not done)
     shard-II/eval_generations.jsonl, shard-II/loss.png
@@ -61,6 +63,8 @@ STATUS = "status.json"
 METRICS = "metrics.json"  # also the "done" marker, locally and on a remote
 PARTIAL_METRICS = "metrics.partial.json"
 POINTER = "latest.json"
+LEASE = "lease.json"  # on a remote: which session writes this shard (kit/lease.py)
+SESSION = ".session"  # in a local work dir: the lease session of the last process that trained here
 EVAL_GENERATIONS = "eval_generations.jsonl"
 LOSS_PLOT = "loss.png"
 
@@ -156,6 +160,14 @@ class ShardPaths:
     @property
     def pointer(self):
         return self.dir / POINTER
+
+    @property
+    def lease(self):
+        return self.dir / LEASE
+
+    @property
+    def session(self):
+        return self.dir / SESSION
 
     @property
     def eval_generations(self):

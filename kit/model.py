@@ -94,6 +94,7 @@ def lora_config(cfg: RunConfig):
         use_rslora=cfg.lora.use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
+        revision=cfg.model.revision,  # adapter_config.json records which revision of the base it was trained on
     )
 
 

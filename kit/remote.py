@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from kit.errors import RemoteError
+from kit.errors import RemoteError, ShardLeaseError
 from kit.files import copy_file_atomic, write_bytes_atomic
 from kit.layout import cache_folder
 
@@ -88,6 +88,13 @@ def _is_offline_miss(err: BaseException) -> bool:
     return isinstance(err, LocalEntryNotFoundError)
 
 
+def is_conflict(err: BaseException) -> bool:
+    """The Hub refused a commit because its parent_commit is no longer the head (HTTP 412)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return isinstance(err, HfHubHTTPError) and err.response is not None and err.response.status_code == 412
+
+
 def _is_permanent(err: BaseException) -> bool:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -115,6 +122,8 @@ def with_retries(
     for attempt in range(1, attempts + 1):
         try:
             return fn()
+        except ShardLeaseError:
+            raise  # its own message says who holds the shard and what to do: no "failed after" around it
         except Exception as err:
             if _is_permanent(err) or attempt == attempts or (should_stop and should_stop()):
                 raise RemoteError(f"{what}: failed after {attempt} attempt(s): {type(err).__name__}: {err}") from err
@@ -133,21 +142,34 @@ class Remote:
         raise NotImplementedError
 
     def commit(
-        self, files: dict[str, Path | bytes], message: str, delete_folders: list[str] = (), retries: bool = True
+        self,
+        files: dict[str, Path | bytes],
+        message: str,
+        delete_folders: list[str] = (),
+        retries: bool = True,
+        parent_commit: str | None = None,
     ) -> None:
         """Add `files` ({path in repo: local Path or bytes}) and delete folders, as one unit.
 
-        retries=False makes one attempt (for callers that run their own retry loop)."""
-        attempt = lambda: self._commit_once(files, message, delete_folders)  # noqa: E731
+        retries=False makes one attempt (for callers that run their own retry loop). `parent_commit`
+        (a Hub head from `head()`): the commit lands only if nothing was committed since; otherwise
+        the Hub answers 412, which `is_conflict` recognises (kit/lease.py builds its check on it)."""
+        attempt = lambda: self._commit_once(files, message, delete_folders, parent_commit)  # noqa: E731
         if retries:
             with_retries(attempt, f"push to {self.location} ({message})")
         else:
             attempt()
 
-    def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
+    def _commit_once(
+        self, files: dict[str, Path | bytes], message: str, delete_folders: list[str], parent_commit: str | None
+    ) -> None:
         raise NotImplementedError
 
-    def read_bytes(self, path: str) -> bytes | None:
+    def head(self) -> str | None:
+        """The newest commit's id (None for a folder, which has no commits: its writes can't be conditional)."""
+        return None
+
+    def read_bytes(self, path: str, revision: str | None = None) -> bytes | None:
         raise NotImplementedError
 
     def list_files(self, prefix: str = "") -> list[str]:
@@ -157,8 +179,8 @@ class Remote:
         """Copy files (and folders, given with a trailing '/') into local_dir, keeping their paths."""
         raise NotImplementedError
 
-    def read_json(self, path: str):
-        data = self.read_bytes(path)
+    def read_json(self, path: str, revision: str | None = None):
+        data = self.read_bytes(path, revision)
         return None if data is None else json.loads(data)
 
     def commit_folder(self, local: str | Path, path_in_repo: str, message: str, last: tuple[str, ...] = ()) -> None:
@@ -198,7 +220,9 @@ class HubRemote(Remote):
             f"create {self.location}",
         )
 
-    def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
+    def _commit_once(
+        self, files: dict[str, Path | bytes], message: str, delete_folders: list[str], parent_commit: str | None
+    ) -> None:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         ops = [
@@ -213,14 +237,27 @@ class HubRemote(Remote):
                 folder = folder.strip("/") + "/"
                 if any(f.startswith(folder) for f in present):
                     ops.append(CommitOperationDelete(path_in_repo=folder, is_folder=True))
-        self._api().create_commit(self.repo_id, operations=ops, commit_message=message, repo_type=self.repo_type)
+        self._api().create_commit(
+            self.repo_id,
+            operations=ops,
+            commit_message=message,
+            repo_type=self.repo_type,
+            parent_commit=parent_commit,
+        )
 
-    def read_bytes(self, path: str) -> bytes | None:
+    def head(self) -> str | None:
+        return with_retries(
+            lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type).sha, f"read {self.location}'s head"
+        )
+
+    def read_bytes(self, path: str, revision: str | None = None) -> bytes | None:
         from huggingface_hub import hf_hub_download
 
         def attempt():
             try:
-                local = hf_hub_download(self.repo_id, path, repo_type=self.repo_type, token=self._token)
+                local = hf_hub_download(
+                    self.repo_id, path, repo_type=self.repo_type, revision=revision, token=self._token
+                )
             except Exception as err:
                 if _is_missing(err):
                     return None
@@ -267,7 +304,9 @@ class FolderRemote(Remote):
     def ensure_exists(self, private: bool = True) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _commit_once(self, files: dict[str, Path | bytes], message: str, delete_folders: list[str]) -> None:
+    def _commit_once(
+        self, files: dict[str, Path | bytes], message: str, delete_folders: list[str], parent_commit: str | None
+    ) -> None:
         for path, src in files.items():  # in the caller's order: its marker file comes last
             if isinstance(src, Path):
                 copy_file_atomic(src, self.root / path)
@@ -276,7 +315,7 @@ class FolderRemote(Remote):
         for folder in delete_folders:
             shutil.rmtree(self.root / folder.strip("/"), ignore_errors=True)
 
-    def read_bytes(self, path: str) -> bytes | None:
+    def read_bytes(self, path: str, revision: str | None = None) -> bytes | None:
         target = self.root / path
         return target.read_bytes() if target.is_file() else None
 

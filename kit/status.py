@@ -1,6 +1,6 @@
 """The fleet at a glance: every shard's state, progress and ETA, read from the run's repo or folder.
 
-    python -m kit status hf://me/run [--data hf://datasets/me/data] [--stale-after 15] [--json]
+    python -m kit status hf://me/run [--data hf://datasets/me/data] [--stale-after MINUTES] [--json]
     fleet = read_fleet("hf://me/run", data="shards/")     # {"shards": [...], "totals": {...}}
     print(format_fleet(fleet))
     live_view("hf://me/run", every=60)                    # in a notebook: a table that refreshes itself
@@ -14,8 +14,10 @@ What it reads, per shard (kit/sync.py writes the Hub layout, kit/train.py the lo
                             the newest checkpoint-N/ holding COMPLETE stands in for it
 
 States: running, stopped_for_time, done, failed from status.json; `stale` for a
-shard that says running but has not written for `stale_after` seconds (its
-session died without a word); `not_started` for a shard the manifest expects
+shard that says running but has missed 3 heartbeats (kit/lease.py: a Hub run
+pushes status.json every train.heartbeat_minutes, between checkpoints too; a
+shard without heartbeats: 15 min; `stale_after` overrides both), so its session
+died without a word and its lease can be taken; `not_started` for a shard the manifest expects
 but the run has never seen; `damaged` for a shard whose status.json (or pointer)
 can't be parsed (the other shards are shown as usual). Every shard that is not running or done gets the
 exact action that restarts it, with the step it resumes from.
@@ -38,10 +40,12 @@ from pathlib import Path
 from kit.display import figure_png, format_duration, frontend, optional_package, plot_loss_curves, show_png
 from kit.errors import RemoteError, ShardError
 from kit.layout import COMPLETE_MARKER, MANIFEST, ShardPaths, parse_repo_path
+from kit.lease import STALE_BEATS
 from kit.remote import is_hub, open_remote
 from kit.tables import text_table
 
 STALE_AFTER_S = 15 * 60
+"""Silence after which a shard that pushes no heartbeat is stale; one with a heartbeat: STALE_BEATS missed beats."""
 NEEDS_RESTART = ("stale", "stopped_for_time", "failed", "not_started", "damaged")
 
 
@@ -87,17 +91,34 @@ def restart_action(dest: str, shard: int, step: int) -> str:
     return f"open train_shard with shard_index={shard} {where}; {then}"
 
 
+def stale_limit(status: dict, stale_after: float | None) -> float:
+    """Seconds of silence after which a running shard is stale: `stale_after` when given, else
+    STALE_BEATS missed heartbeats of the shard's own interval (kit/lease.py: its lease expires then
+    too), else STALE_AFTER_S for a shard that pushes no heartbeat (an older kit, a folder run)."""
+    if stale_after is not None:
+        return stale_after
+    beat = status.get("heartbeat_s")
+    return STALE_BEATS * float(beat) if isinstance(beat, (int, float)) and beat > 0 else STALE_AFTER_S
+
+
 def shard_row(
-    dest: str, shard: int, status: dict | None, metrics: dict | None, resume: int, now: datetime, stale_after: float
+    dest: str,
+    shard: int,
+    status: dict | None,
+    metrics: dict | None,
+    resume: int,
+    now: datetime,
+    stale_after: float | None = None,
 ) -> dict:
     """One table row; `status`/`metrics` are the shard's JSON files (None when absent)."""
     status = status or {}
-    updated = _parse_time(status["updated_at"]) if status.get("updated_at") else None
+    heard = [t for t in (_parse_time(status.get(k)) for k in ("updated_at", "heartbeat_at") if status.get(k)) if t]
+    updated = max(heard) if heard else None  # the newest sign of life: a log line or a heartbeat
     age = (now - updated).total_seconds() if updated else None
     state = status.get("state") or "not_started"
     if metrics is not None:
         state = "done"  # metrics.json is pushed last, in the final commit: its presence is the truth
-    elif state == "running" and (age is None or age > stale_after):
+    elif state == "running" and (age is None or age > stale_limit(status, stale_after)):
         state = "stale"
     eta = None
     if state == "running" and status.get("eta_s") is not None:
@@ -120,6 +141,7 @@ def shard_row(
         "platform": status.get("platform"),
         "tokens_seen": tokens,
         "eval_loss": (metrics or {}).get("eval_loss", status.get("eval_loss")),
+        "json_valid_rate": (metrics or {}).get("json_valid_rate"),
         "resume_step": resume,
         "action": restart_action(dest, shard, resume) if state in NEEDS_RESTART else None,
         "loss_history": status.get("loss_history", []),
@@ -131,7 +153,7 @@ def shard_row(
 
 
 def read_fleet(
-    dest: str | Path, data: str | Path | None = None, stale_after: float = STALE_AFTER_S, now: datetime | None = None
+    dest: str | Path, data: str | Path | None = None, stale_after: float | None = None, now: datetime | None = None
 ) -> dict:
     """Every shard's row and the fleet's totals; `now` is injectable so staleness can be tested."""
     dest = str(dest)
@@ -344,7 +366,7 @@ _views: dict[str, LiveView] = {}
 
 
 def live_view(
-    dest: str | Path, every: float = 60, data: str | Path | None = None, stale_after: float = STALE_AFTER_S
+    dest: str | Path, every: float = 60, data: str | Path | None = None, stale_after: float | None = None
 ) -> LiveView:
     """Show the fleet table. In an interactive notebook it refreshes every `every` seconds in the
     background; headless (papermill, a terminal) it renders once and returns."""

@@ -9,10 +9,15 @@ Layout on the remote, the same as the local one (kit/layout.py):
 
     shard-03/checkpoint-40/   the Trainer checkpoint, uploaded whole in one commit
     shard-03/latest.json      {"checkpoint": "checkpoint-40", "step": 40, "files": {name: sha256}}
-    shard-03/status.json      step, loss, tokens/s, ETA, platform, state; pushed with every checkpoint
+    shard-03/status.json      step, loss, tokens/s, ETA, platform, state; pushed with every checkpoint and
+                              every heartbeat (kit/lease.py, train.heartbeat_minutes) in between
+    shard-03/lease.json       the one session that may write the shard (kit/lease.py); every commit below
+                              goes through it, so a session that lost it writes nothing
+    shard-03/tensorboard/     event files (train.report_to=tensorboard), pushed with the heartbeat
     shard-03/adapter/         final adapter + README.md (model card) + metrics.json
     shard-03/loss.png         the loss curve (kit/progress.py), in the same final commit
     shard-03/metrics.json     written in the same final commit; its presence means "shard done"
+    README.md                 the run's root card (kit/model_card.py's run_card), refreshed after each final push
 
 `latest.json` is committed only after the checkpoint's own commit has landed,
 so whatever it names is complete; a resume downloads exactly that and checks
@@ -49,10 +54,11 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from kit.checkpoints import latest_complete_checkpoint, mark_complete
-from kit.errors import RemoteError, UploadError
+from kit.errors import RemoteError, ShardLeaseError, UploadError
 from kit.files import folder_written_whole, json_text, read_json, sha256_file
 from kit.layout import (
     COMPLETE_MARKER,
+    MERGE_REPORT,
     METRICS,
     MODEL_CARD,
     POINTER,
@@ -61,9 +67,11 @@ from kit.layout import (
     checkpoint_name,
     checkpoint_step,
 )
-from kit.model_card import shard_adapter_card
+from kit.lease import Heartbeat, ShardLease
+from kit.model_card import run_card, shard_adapter_card
 from kit.remote import FolderRemote, Remote, default_work_dir, is_hub, open_remote_for_push, parse_hub, with_retries
 from kit.runtime import runtime_name
+from kit.trackers import tensorboard_dir
 
 
 def _snapshot(src: Path, dst: Path) -> None:
@@ -97,8 +105,8 @@ class _Job:
 class CheckpointUploader:
     """One background thread pushing checkpoints then their pointer; see the module docstring."""
 
-    def __init__(self, remote: Remote, prefix: str, attempts: int = 6, base_delay: float | None = None):
-        self.remote, self.prefix = remote, prefix
+    def __init__(self, remote: Remote, prefix: str, attempts: int = 6, base_delay: float | None = None, lease=None):
+        self.remote, self.prefix, self.lease = remote, prefix, lease
         self.attempts, self.base_delay = attempts, base_delay
         self.landed: list[str] = []  # checkpoint names whose pointer landed, in order
         self.errors: dict[str, str] = {}
@@ -150,9 +158,7 @@ class CheckpointUploader:
         folder = f"{self.prefix}/{job.name}"
         retry = dict(attempts=self.attempts, base_delay=self.base_delay, should_stop=self._superseded)
         with_retries(
-            lambda: self.remote.commit(
-                {f"{folder}/{n}": p for n, p in files.items()}, f"{folder}: upload", retries=False
-            ),
+            lambda: self._commit({f"{folder}/{n}": p for n, p in files.items()}, f"{folder}: upload"),
             f"push {folder}",
             **retry,
         )
@@ -162,16 +168,22 @@ class CheckpointUploader:
         older = sorted({f.split("/")[1] for f in listing if checkpoint_step(f.split("/")[1]) is not None} - {job.name})
         # Second commit, only after the first landed: the pointer never names a partial checkpoint.
         with_retries(
-            lambda: self.remote.commit(
+            lambda: self._commit(
                 {f"{self.prefix}/{STATUS}": _json_bytes(job.status), f"{self.prefix}/{POINTER}": _json_bytes(pointer)},
                 f"{self.prefix}: latest = {job.name}",
                 delete_folders=[f"{self.prefix}/{o}" for o in older],
-                retries=False,
             ),
             f"push {self.prefix}/{POINTER} -> {job.name}",
             **retry,
         )
         print(f"pushed {folder} to {self.remote.location}", flush=True)
+
+    def _commit(self, files: dict, message: str, delete_folders: list[str] = ()) -> None:
+        """One attempt (the caller retries); through the lease when there is one: only its holder writes."""
+        if self.lease is not None:
+            self.lease.commit(files, message, delete_folders)
+        else:
+            self.remote.commit(files, message, delete_folders=delete_folders, retries=False)
 
     def wait(self) -> None:
         """Block until nothing is queued or in flight."""
@@ -189,11 +201,25 @@ def _status_for_push(run_dir: Path) -> dict:
     return {**(read_json(run_dir / STATUS, default={}) or {}), "platform": runtime_name()}
 
 
+class LeaseWatch(TrainerCallback):
+    """Ends training at the next step once another session took the shard over (kit/lease.py):
+    whatever this session trains after that can't be pushed. train_shard then raises the lease's message."""
+
+    def __init__(self, lease):
+        self.lease = lease
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.lease.lost:
+            control.should_training_stop = True
+        return control
+
+
 class CheckpointPusher(TrainerCallback):
     """Hands every complete checkpoint to the uploader; returns at once."""
 
-    def __init__(self, uploader: CheckpointUploader, shard: int):
+    def __init__(self, uploader: CheckpointUploader, shard: int, status=None):
         self.uploader, self.shard = uploader, shard
+        self.status = status or _status_for_push
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -205,7 +231,7 @@ class CheckpointPusher(TrainerCallback):
         mark_complete(checkpoint)
         staged = ShardPaths(run_dir.parent, self.shard).push_staging / checkpoint.name
         _snapshot(checkpoint, staged)
-        self.uploader.submit(checkpoint, staged, _status_for_push(run_dir))
+        self.uploader.submit(checkpoint, staged, self.status(run_dir))
 
 
 class LocalOnly:
@@ -229,6 +255,15 @@ class LocalOnly:
     def wait_for_uploads(self) -> list[str]:
         return []
 
+    def claim(self, take_over: bool, heartbeat_s: float) -> bool:
+        return False  # one folder, one machine: no lease
+
+    def end_session(self, error: str | None = None) -> None:
+        return None
+
+    def check_lease(self) -> None:
+        return None
+
 
 class ShardSync:
     """DEST is a remote: train in `local_output` (a work dir) and mirror the shard there."""
@@ -239,6 +274,67 @@ class ShardSync:
         self.prefix = self.paths.name
         self.dataset = dataset
         self._uploader: CheckpointUploader | None = None
+        self.lease: ShardLease | None = None  # set by claim(): every write then goes through it
+        self.heartbeat: Heartbeat | None = None
+        self._pushed_sizes: dict[str, int] = {}
+        self._ended = False  # the lease was released: this session writes nothing more
+
+    @property
+    def run_dir(self) -> Path:
+        return ShardPaths(self.local_output, self.shard).dir
+
+    def claim(self, take_over: bool, heartbeat_s: float) -> bool:
+        """Take the shard's lease (ShardLeaseError if another live session holds it), then start the heartbeat."""
+        self.lease = ShardLease(self.remote, self.shard, heartbeat_s, local_dir=self.run_dir)
+        self.lease.acquire(take_over)
+        self.heartbeat = Heartbeat(
+            self.lease, lambda: _status_for_push(self.run_dir), heartbeat_s, extra_files=self.changed_logs
+        ).start()
+        return True
+
+    def status_payload(self, run_dir: Path | None = None) -> dict:
+        """What the remote's status.json says: the local one, where it runs, and the heartbeat that judges staleness."""
+        status = _status_for_push(run_dir or self.run_dir)
+        return {**status, **self.heartbeat.stamp()} if self.heartbeat is not None else status
+
+    def changed_logs(self) -> dict:
+        """Tensorboard event files (kit/trackers.py) that grew since they were last pushed."""
+        folder = tensorboard_dir(self.run_dir)
+        changed = {}
+        for path in sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []:
+            name = f"{self.prefix}/{folder.name}/{path.name}"
+            if self._pushed_sizes.get(name) != path.stat().st_size:
+                self._pushed_sizes[name] = path.stat().st_size
+                changed[name] = path.read_bytes()  # bytes now: the writer keeps appending to the file
+        return changed
+
+    def _write(self, files: dict, message: str, release: bool = False) -> None:
+        if self.lease is None:
+            self.remote.commit(files, message)
+        else:
+            with_retries(lambda: self.lease.commit(files, message, released=release), f"push to {self.remote.location}")
+
+    def end_session(self, error: str | None = None) -> None:
+        """Stop the heartbeat and release the lease with the status as it is now (stopped for time, or
+        failed with `error`), so `kit status` shows why at once and the next session can start."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.lease is None or self.lease.lost or self._ended:
+            return
+        self._ended = True
+        try:
+            status = self.status_payload()
+            if error is not None:
+                status.update(state="failed", error=error[:500])
+            files = {str(self.paths.status): _json_bytes(status), **self.changed_logs()}
+            self._write(files, f"{self.prefix}: {status.get('state', 'session')}, lease released", release=True)
+        except Exception as err:  # the session is ending anyway; the lease then expires on its own
+            print(f"could not release {self.prefix}'s lease ({type(err).__name__}: {err})", flush=True)
+
+    def check_lease(self) -> None:
+        """Raise the lease's message when another session took the shard over during training."""
+        if self.lease is not None and self.lease.lost:
+            raise ShardLeaseError(self.lease.lost)
 
     def remote_metrics(self) -> dict | None:
         """The shard's metrics when it is already done on the remote, else None."""
@@ -274,8 +370,9 @@ class ShardSync:
         return target
 
     def callbacks(self) -> list:
-        self._uploader = CheckpointUploader(self.remote, self.prefix)
-        return [CheckpointPusher(self._uploader, self.shard)]
+        self._uploader = CheckpointUploader(self.remote, self.prefix, lease=self.lease)
+        watch = [LeaseWatch(self.lease)] if self.lease is not None else []
+        return [*watch, CheckpointPusher(self._uploader, self.shard, self.status_payload)]
 
     def wait_for_uploads(self) -> list[str]:
         """Block until queued checkpoint uploads are done; return what did not land. Alone (without
@@ -308,10 +405,16 @@ class ShardSync:
         ):
             if extra.is_file():  # the loss plot: kit/progress.py, when matplotlib is there
                 files[str(remote_path)] = extra
-        files[str(there.status)] = _json_bytes(_status_for_push(run_dir))
+        if self.heartbeat is not None:
+            self.heartbeat.stop()  # no beat after the final status
+        files.update(self.changed_logs())
+        files[str(there.status)] = _json_bytes(self.status_payload(run_dir))
         files[str(there.metrics)] = local.metrics  # last: its presence means done
         try:
-            self.remote.commit(files, f"{self.prefix}: final adapter")
+            self._write(files, f"{self.prefix}: final adapter", release=True)
+            self._ended = True
+        except ShardLeaseError:
+            raise  # another session owns the shard: nothing of this one is pushed
         except RemoteError as err:
             missing.append(f"{there.adapter} and {there.metrics} ({err})")
         if missing:
@@ -321,6 +424,34 @@ class ShardSync:
                 + f". The local copy is in {run_dir}; run the same command again to push it."
             )
         print(f"pushed {there.adapter} (model card, metrics) to {self.remote.location}", flush=True)
+        refresh_run_card(self.remote, self.dataset)
+
+
+def refresh_run_card(remote: Remote, dataset: str | None = None) -> bool:
+    """Rewrite the run repo's root README.md (kit/model_card.py's run_card) from what the repo holds now:
+    every shard's row, every merge. True when written. A card that can't be made is said and skipped:
+    it is a view of the run, and the run is already pushed."""
+    from kit.status import read_fleet
+
+    try:
+        try:
+            fleet = read_fleet(remote.location, dataset)  # the split's manifest: shards not started show too
+        except Exception:
+            fleet = read_fleet(remote.location)  # the split is not reachable from here (a local path elsewhere)
+        if not fleet["shards"]:
+            return False
+        listing = remote.list_files()
+        merges = {f.rsplit("/", 1)[0]: remote.read_json(f) for f in listing if f.endswith(f"/{MERGE_REPORT}")}
+        done = [r["shard"] for r in fleet["shards"] if r["state"] == "done"]
+        metrics = remote.read_json(str(ShardPaths.in_repo(done[0]).metrics)) if done else None
+        repo_id = parse_hub(remote.location)[1] if is_hub(remote.location) else Path(remote.location).name
+        hub_dataset = parse_hub(dataset)[1] if dataset and is_hub(dataset) else None
+        card = run_card(fleet, merges, repo_id, (metrics or {}).get("config", {}), hub_dataset)
+        remote.commit({MODEL_CARD: card.encode()}, f"run card: {len(done)} of {len(fleet['shards'])} shards done")
+        return True
+    except Exception as err:
+        print(f"the run's root {MODEL_CARD} was not refreshed ({type(err).__name__}: {err})", flush=True)
+        return False
 
 
 def open_shard_sync(

@@ -18,7 +18,9 @@ already done is not trained again.
 
 The steps, in order: check the platform and the destination (`open_shard_sync`:
 a missing token fails before any work), stop early if the shard is done
-(`finished_metrics`), load and tokenize the data (`load_shard_data`), find the
+(`finished_metrics`), load and tokenize the data (`load_shard_data`), take the
+shard's lease on a remote (kit/lease.py: a second live session on the shard
+stops here, and a heartbeat pushes status.json from now on), find the
 checkpoint to resume (`find_resume`), train (`ShardRun`, which owns the
 Trainer's callbacks and their order), then save, evaluate and push (`finish`).
 
@@ -139,13 +141,16 @@ def train_shard(
     callbacks=(),
     work_dir: str | Path | None = None,
     private: bool = True,
+    take_over: bool = False,
 ) -> dict:
     """Train (or resume, or skip if done) one shard and return its metrics.
 
     `output` may be hf://USER/REPO: then the shard trains in `work_dir` (default
     $KIT_CACHE/runs/USER--REPO) and checkpoints, status and adapter go to the
-    repo (kit/sync.py); `data_dir` may be hf://datasets/USER/REPO. `callbacks` are
-    more TrainerCallbacks (see ShardRun for where they run)."""
+    repo (kit/sync.py), written only while this session holds the shard's lease
+    (kit/lease.py; `take_over` takes it from a session that still looks alive);
+    `data_dir` may be hf://datasets/USER/REPO. `callbacks` are more TrainerCallbacks
+    (see ShardRun for where they run)."""
     started = time.monotonic()
     main = is_main_process()  # under torchrun only rank 0 writes status, metrics, adapter and pushes (kit/launch.py)
     resolve_platform(cfg, verbose=main)  # fills the preset's `auto` knobs for this GPU and says why
@@ -163,7 +168,18 @@ def train_shard(
     if done is not None:
         return done
 
-    data = load_shard_data(cfg, data_dir, shard)
+    data = load_shard_data(cfg, data_dir, shard)  # a bad shard index or split fails here, before any lease
+    if main and sync.claim(take_over, cfg.train.heartbeat_minutes * 60):  # ShardLeaseError: another session has it
+        status.update(state="running", max_steps=cfg.train.max_steps, error=None)  # what the heartbeat pushes
+    try:
+        return _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output)
+    except BaseException as e:
+        if main:  # the remote says why at once, and the lease is free for the next session
+            sync.end_session(error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output) -> dict:
     identity = run_identity(cfg, shard, data.sha256, world_size())
     resume = find_resume(cfg, paths, sync, main, identity)
     print0(
@@ -172,6 +188,7 @@ def train_shard(
     )
     run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks, tracker_names(output, shard))
     trainer, result = run.train(resume)
+    sync.check_lease()  # taken over while training: raise, push nothing more
     if run.stopped_for_time:
         return run.stop_for_time(trainer) if main else {}
     if not main:
@@ -435,6 +452,7 @@ class ShardRun:
         write_json_atomic(self.paths.partial_metrics, metrics)
         self.status.update(state="stopped_for_time", step=step, budget=metrics["budget"])
         missing = self.sync.wait_for_uploads()  # the stop's checkpoint must land before the session ends
+        self.sync.end_session()  # pushes the stopped_for_time status and frees the lease for the next session
         where = f"; NOT pushed: {', '.join(missing)}" if missing else ""
         print(
             f"shard {shard}: stopped for time at step {step}/{cfg.train.max_steps} "
@@ -505,6 +523,7 @@ def save_adapter(model, paths: ShardPaths, cfg: RunConfig, n_examples: int, prom
                 "shard": paths.shard,
                 "train_examples": n_examples,
                 "base_model": cfg.model.name_or_path,
+                "hub_id": cfg.model.hub_id or None,  # the merge card's base_model when base_model is a local copy
                 "revision": cfg.model.revision,
                 "quantize": cfg.model.quantize,
                 "prompt_recipe": prompt_recipe,  # the merge's model card repeats it

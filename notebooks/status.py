@@ -17,7 +17,8 @@
 # # Watch the fleet
 # Set `run` to the run's repo (`hf://USER/REPO`) or folder (the `output` every `train_shard` used), then
 # **Run all**. The table shows every shard's state, step, loss, tokens/s, ETA, last update and platform,
-# with the fleet's totals; a shard silent for `stale_after_min` minutes is marked **stale**, with the exact
+# with the fleet's totals; a shard that missed 3 heartbeats (15 min at the default 5) is marked **stale**
+# (`stale_after_min` > 0 sets another limit), with the exact
 # notebook to open to restart it and the step it resumes from. In Jupyter or Colab the table refreshes
 # itself every `refresh_every_s` seconds; headless (papermill) it is drawn once. Terminal:
 #
@@ -28,7 +29,7 @@
 # %% tags=["parameters"]
 run = "runs/my-run"  # @param {type:"string"}
 data = ""  # @param {type:"string"}
-stale_after_min = 15  # @param {type:"number"}
+stale_after_min = 0  # @param {type:"number"}
 refresh_every_s = 60  # @param {type:"integer"}
 # kit_source: "" installs the kit wheel that data's repo carries (`kit split --push-to` put it there);
 # or a pip spec: git+https://github.com/YOU/kit.git, a folder, a .whl file.
@@ -213,7 +214,7 @@ install_kit(kit_source, data)
 import kit
 
 kit.show_errors_first()
-view = kit.live_view(run, every=refresh_every_s, data=data or None, stale_after=stale_after_min * 60)
+view = kit.live_view(run, every=refresh_every_s, data=data or None, stale_after=stale_after_min * 60 or None)
 
 # %% [markdown]
 # Every shard's training loss against step (from the `loss_history` in each `status.json`).

@@ -41,6 +41,9 @@ overrides = ""  # @param {type:"string"}
 kit_source = ""  # @param {type:"string"}
 # session_hours: 0 means the preset's (Colab 4 h, Kaggle 11.5 h); the run saves and stops cleanly before it.
 session_hours = 0.0  # @param {type:"number"}
+# take_over: train this shard even though another session's lease on it looks alive (a tab you closed,
+# a runtime that died); that session stops writing. Leave it off otherwise: two writers overwrite each other.
+take_over = False  # @param {type:"boolean"}
 
 # %%
 # @title Install kit (skipped where it is installed) { display-mode: "form" }
@@ -228,9 +231,9 @@ print(f"shard {shard_index}: preset {preset}, model {cfg.model.name_or_path}, {c
 # %%
 # More than one GPU (Kaggle T4 x2): one DDP process per GPU under torchrun; else train right here.
 if kit.gpu_count() > 1:
-    metrics = kit.launch_shard(kit.gpu_count(), preset, run_overrides, data, shard_index, output)
+    metrics = kit.launch_shard(kit.gpu_count(), preset, run_overrides, data, shard_index, output, take_over=take_over)
 else:
-    metrics = kit.train_shard(cfg, data, shard_index, output)
+    metrics = kit.train_shard(cfg, data, shard_index, output, take_over=take_over)
 
 # %%
 {k: v for k, v in metrics.items() if k != "config"}

@@ -85,6 +85,8 @@ class Run:
             f"hf://{run_repo}",
             "--work-dir",
             str(self.work),
+            # The killed run's lease is still live: a user who restarts after a crash takes the shard over.
+            "--take-over",
         ]
         for item in OVERRIDES:
             cmd += ["--set", item]
