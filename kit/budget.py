@@ -10,11 +10,13 @@
 After `warmup_steps` steps (the first ones pay for allocation and kernel
 selection, so they are not counted) the budget prints its plan once: seconds
 per step, steps that still fit, ETA, on track or not. From then on, before
-every step it checks that one more step, one save and a safety margin still fit
-before the deadline; when they don't, it sets the Trainer's own
+every step it checks that one more step, one save, the final eval and push
+(FinalReserve: estimated from the eval split's size and the measured speeds)
+and a safety margin still fit before the deadline; when they don't, it sets the Trainer's own
 `control.should_save` and `control.should_training_stop`, so the Trainer writes
 a complete checkpoint at this step and returns. Nothing is lost but the time
-left over, and the next session resumes from that checkpoint.
+left over, and the next session resumes from that checkpoint (and, when only
+the final eval did not fit, trains its last steps and evaluates).
 
 Under DDP every rank must stop at the same step (or the others hang in the next
 all-reduce): the stop flag is all-reduced (max) across ranks before it is acted on.
@@ -39,6 +41,40 @@ CLOCK = time.monotonic
 """The clock a budget reads when none is given; tests swap it for a fake one."""
 SAVE_GUESS_S = 30.0
 """Assumed save time until the first save is measured (a LoRA checkpoint is small; the optimizer state dominates)."""
+FORWARD_SHARE = 0.5
+"""An eval forward's time per token against a training step's (about 1/3: no backward; 1/2 to err on the safe side)."""
+RESERVE_SAFETY = 1.25
+"""The final eval's estimate is scaled by this: running out of time in it costs the whole eval."""
+
+
+class FinalReserve:
+    """The seconds a run needs after its last step: the final eval (loss pass + greedy generation) and its push.
+
+    Estimated from the eval split's size and measured speeds: generation by `probe(model)` when
+    training begins (seconds per generated token of one eval batch: kit/train.py's generation_probe),
+    the loss pass from the training steps' tokens/s (FORWARD_SHARE of a step per token), the push
+    from `push_s` (the measured save, a checkpoint weighs more than the adapter)."""
+
+    def __init__(self, eval_tokens: int, generate_batches: int, max_new_tokens: int, probe=None):
+        self.eval_tokens, self.generate_batches, self.max_new_tokens = eval_tokens, generate_batches, max_new_tokens
+        self.probe = probe
+        self.token_step_s: float | None = None  # one decode step of one eval batch, measured
+
+    def measure(self, model) -> None:
+        if self.probe is not None and self.token_step_s is None:
+            self.token_step_s = self.probe(model)
+
+    def parts(self, train_tokens_per_s: float | None, push_s: float) -> dict:
+        loss_s = self.eval_tokens / train_tokens_per_s * FORWARD_SHARE if train_tokens_per_s else 0.0
+        generate_s = self.generate_batches * self.max_new_tokens * (self.token_step_s or 0.0)
+        return {
+            "eval_loss_s": round(RESERVE_SAFETY * loss_s, 1),
+            "generate_s": round(RESERVE_SAFETY * generate_s, 1),
+            "push_s": round(push_s, 1),
+        }
+
+    def seconds(self, train_tokens_per_s: float | None, push_s: float) -> float:
+        return sum(self.parts(train_tokens_per_s, push_s).values())
 
 
 class SessionBudget(TrainerCallback):
@@ -54,14 +90,18 @@ class SessionBudget(TrainerCallback):
         save_guess_s: float = SAVE_GUESS_S,
         status=None,
         verbose: bool = True,
+        reserve: FinalReserve | None = None,
     ):
-        """`elapsed_s`: session time already used before this budget was made (setup, data, tokenizing)."""
+        """`elapsed_s`: session time already used before this budget was made (setup, data, tokenizing);
+        `reserve`: what the final eval and push need after the last step (kept free of steps)."""
         self.seconds, self.clock = float(seconds), clock or CLOCK
         self.started = self.clock() - elapsed_s
         self.deadline = self.started + self.seconds
         self.warmup_steps, self.safety_s, self.save_s = warmup_steps, safety_s, save_guess_s
-        self.status, self.verbose = status, verbose
+        self.status, self.verbose, self.reserve = status, verbose, reserve
         self.stopped = False
+        self._tokens: list[int] = []  # tokens of each step, beside _durations
+        self._tokens_seen: int | None = None
         self.estimate: dict | None = None  # the plan printed after warm-up
         self._durations: list[float] = []
         self._last_end: float | None = None
@@ -76,8 +116,18 @@ class SessionBudget(TrainerCallback):
         steady = self._durations[self.warmup_steps :]
         return sum(steady) / len(steady) if steady else max(self._durations)
 
+    def tokens_per_s(self) -> float | None:
+        """Training tokens per second after warm-up (None until a step is measured)."""
+        steady = slice(self.warmup_steps, None) if len(self._durations) > self.warmup_steps else slice(None)
+        seconds, tokens = sum(self._durations[steady]), sum(self._tokens[steady])
+        return tokens / seconds if seconds > 0 and tokens > 0 else None
+
+    def reserve_s(self) -> float:
+        """The final eval and push, kept free at the end (0 without a reserve)."""
+        return self.reserve.seconds(self.tokens_per_s(), self.save_s) if self.reserve else 0.0
+
     def margin_s(self) -> float:
-        return (self.step_s() or 0.0) + self.save_s + self.safety_s
+        return (self.step_s() or 0.0) + self.save_s + self.safety_s + self.reserve_s()
 
     def report(self) -> dict:
         """What status.json and the metrics record: the plan made after warm-up and what actually happened."""
@@ -89,18 +139,29 @@ class SessionBudget(TrainerCallback):
             "step_s": _round(self.step_s()),
             "save_s": round(self.save_s, 2),
             "margin_s": round(self.margin_s(), 1),
+            "final_reserve": (
+                {**self.reserve.parts(self.tokens_per_s(), self.save_s), "total_s": round(self.reserve_s(), 1)}
+                if self.reserve
+                else None
+            ),
             "plan": self.estimate,
             "stopped_for_time": self.stopped,
         }
 
     # -- callback ----------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.reserve is not None and model is not None:
+            self.reserve.measure(model)  # before the clock starts: the probe is no step
         self._begin = self._last_end = self.clock()
+        self._tokens_seen = getattr(state, "num_input_tokens_seen", 0) or 0
 
     def on_step_end(self, args, state, control, **kwargs):
         now = self.clock()
         # The interval since the previous step's end, minus any save in between: one step's time.
         self._durations.append(max(now - self._last_end - self._saved_since_last, 0.0))
+        seen = getattr(state, "num_input_tokens_seen", 0) or 0
+        self._tokens.append(max(seen - (self._tokens_seen or 0), 0))
+        self._tokens_seen = seen
         self._last_end, self._saved_since_last = now, 0.0
         left = state.max_steps - state.global_step
         if self.estimate is None and len(self._durations) > self.warmup_steps and left > 0:
@@ -111,9 +172,10 @@ class SessionBudget(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             if self.verbose and state.is_world_process_zero:
+                final = f" + the final eval and push (~{self.reserve_s():.0f} s)" if self.reserve else ""
                 print(
-                    f"budget: {self.deadline - now:.0f} s left of the session, one step + one save + safety need "
-                    f"{self.margin_s():.0f} s: saving {checkpoint_name(state.global_step)} and stopping "
+                    f"budget: {self.deadline - now:.0f} s left of the session, one step + one save{final} + safety "
+                    f"need {self.margin_s():.0f} s: saving {checkpoint_name(state.global_step)} and stopping "
                     f"({left} steps left; Run all again in a new session to continue)",
                     flush=True,
                 )

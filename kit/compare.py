@@ -117,21 +117,31 @@ class AdapterEvaluator:
         self.records = read_jsonl(eval_data) if Path(eval_data).is_file() else load_eval(eval_data)
         self.model = self.tokenizer = None
         self.loaded = 0
+        self.on_batch = None  # called after each eval batch: the merge's progress bar (Chooser)
+
+    def batches_per_model(self) -> int:
+        """Eval batches one model's scoring runs (generation + loss): the progress bar's unit."""
+        from kit.evaluate import eval_batches
+        from kit.model import load_tokenizer
+
+        self.tokenizer = self.tokenizer or load_tokenizer(self.cfg)
+        return eval_batches(self.tokenizer, self.records, self.cfg.eval, self.cfg.data.max_length, self.cfg.data.turns)
 
     def __call__(self, label: str, adapter_dir: Path | None) -> dict:
         from kit.evaluate import evaluate_model
         from kit.model import load_base_model, load_tokenizer
 
         if self.model is None:
-            self.tokenizer, self.model = load_tokenizer(self.cfg), load_base_model(self.cfg)
-        score = lambda: evaluate_model(
+            self.tokenizer, self.model = self.tokenizer or load_tokenizer(self.cfg), load_base_model(self.cfg)
+        score = lambda: evaluate_model(  # noqa: E731
             self.model,
             self.tokenizer,
             self.records,
-            self.cfg.eval,  # noqa: E731
+            self.cfg.eval,
             self.cfg.data.max_length,
             self.schema,
             turns=self.cfg.data.turns,
+            on_batch=self.on_batch,
         )
         if adapter_dir is None:
             if self.loaded == 0:
@@ -169,6 +179,17 @@ class BothBasesEvaluator:
         full.model.quantize = "none"
         self.quantized = AdapterEvaluator(cfg, eval_data, schema)
         self.full = AdapterEvaluator(full, eval_data, schema)
+
+    @property
+    def on_batch(self):
+        return self.quantized.on_batch
+
+    @on_batch.setter
+    def on_batch(self, callback):
+        self.quantized.on_batch = self.full.on_batch = callback
+
+    def batches_per_model(self) -> int:
+        return self.quantized.batches_per_model() + self.full.batches_per_model()
 
     def __call__(self, label: str, adapter_dir: Path | None) -> dict:
         row = self.quantized(label, adapter_dir)
@@ -305,13 +326,19 @@ class Chooser:
         self.results: dict[str, dict] = {}
         self.steps: list[dict] = []
         self._staging = self._progress = None
+        self._models, self._per_model = 0, 1
 
     def choose(self, strategy: str, weights, tolerance: float) -> tuple[str, list[Adapter], list[float] | None]:
         """(label of what was chosen, the adapters to merge, their weights)."""
         extra = {"average": 1, "weighted": 1, "best": 0, "greedy": len(self.adapters) - 1}[strategy]
         with tempfile.TemporaryDirectory(prefix="kit-merge-") as staging:
             self._staging = Path(staging)
-            self._progress = _progress(1 + len(self.adapters) + extra if self.evaluator else 0)
+            self._models = 1 + len(self.adapters) + extra if self.evaluator else 0
+            # Per eval batch where the evaluator can say how many it runs (a model takes minutes to generate).
+            self._per_model = self.evaluator.batches_per_model() if hasattr(self.evaluator, "batches_per_model") else 1
+            self._progress = _progress(self._models * self._per_model, "batch" if self._per_model > 1 else "model")
+            if hasattr(self.evaluator, "on_batch"):
+                self.evaluator.on_batch = lambda: self._progress.update(1)
             try:
                 if self.evaluator:
                     self.score("base", None)
@@ -329,9 +356,13 @@ class Chooser:
                 self._progress.close()
 
     def score(self, label: str, path: Path | None) -> dict:
-        self._progress.set_postfix_str(label)
+        done = len(self.results)
+        self._progress.set_postfix_str(f"{label} (model {done + 1}/{self._models})", refresh=True)
         self.results[label] = self.evaluator(label, path)
-        self._progress.update(1)
+        # Whole models on the bar, whatever the evaluator reported: the ETA counts what is left exactly.
+        short = (done + 1) * self._per_model - self._progress.n
+        if short:
+            self._progress.update(short)
         return self.results[label]
 
     def candidate(self, label: str, members: list[Adapter], member_weights) -> dict:
@@ -365,11 +396,11 @@ def _describe(a: Adapter) -> dict:
     }
 
 
-def _progress(total: int):
-    """A tqdm bar over the evaluations (a silent one when nothing is scored)."""
+def _progress(total: int, unit: str = "model"):
+    """A tqdm bar over the evaluations, with its ETA (a silent one when nothing is scored)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="evaluating", unit="model", disable=total == 0)
+    return tqdm(total=total, desc="evaluating", unit=unit, disable=total == 0)
 
 
 # ---- showing it ----

@@ -80,17 +80,38 @@ def _eval_mode(model):
         model.train(was_training)
 
 
-@torch.no_grad()
-def eval_loss(
-    model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 8, turns: str = "all"
-) -> float:
-    """Token-weighted masked cross-entropy over the tokens training labels (`turns` as data.turns)."""
+def eval_examples(tokenizer, conversations: list[list[dict]], max_length: int, turns: str = "all") -> list[dict]:
+    """The examples the eval loss is taken over: those the training set would keep, tokenized the same way."""
     encoded = []
     for messages in conversations:
         try:
             encoded += encode_examples(tokenizer, messages, max_length=max_length, turns=turns)[0]
         except NoTrainableTokens:
             continue  # the same examples the training set would drop
+    return encoded
+
+
+def eval_batches(tokenizer, eval_records: list[dict], eval_cfg, max_length: int, turns: str = "all") -> int:
+    """How many batches evaluate_model runs (generation + loss), for a progress bar with an ETA."""
+    conversations = [to_messages(r) for r in eval_records]
+    loss_set = conversations[: eval_cfg.max_samples] if eval_cfg.max_samples else conversations
+    n_gen = len(conversations[: eval_cfg.generate_samples])
+    n_loss = len(eval_examples(tokenizer, loss_set, max_length, turns))
+    return -(-n_gen // eval_cfg.batch_size) + -(-n_loss // eval_cfg.batch_size)
+
+
+@torch.no_grad()
+def eval_loss(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_length: int,
+    batch_size: int = 8,
+    turns: str = "all",
+    on_batch=None,
+) -> float:
+    """Token-weighted masked cross-entropy over the tokens training labels (`turns` as data.turns)."""
+    encoded = eval_examples(tokenizer, conversations, max_length, turns)
     if not encoded:
         raise DataError(
             "no eval example has an assistant token within data.max_length: raise data.max_length, "
@@ -106,6 +127,8 @@ def eval_loss(
             count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             # The summed loss (over 1 item), the LM head run only where it is scored (kit/loss.py).
             total += labelled_loss(model, batch, num_items_in_batch=1)[0].item()
+            if on_batch is not None:
+                on_batch()
     return total / count
 
 
@@ -123,9 +146,16 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    on_batch=None,
+    min_new_tokens: int = 0,
 ) -> list[str]:
-    """Greedy answers to each conversation's last assistant turn, batched with left padding."""
+    """Greedy answers to each conversation's last assistant turn, batched with left padding; `on_batch()`
+    after each batch (a progress bar); `min_new_tokens` forces that many (kit/train.py's speed probe)."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = _stop_ids(model, tokenizer)
@@ -151,24 +181,37 @@ def generate_answers(
                 use_cache=True,
                 pad_token_id=pad_id,
                 eos_token_id=stop,
+                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
                 **by_string,
             )
             for row in out[:, width:]:
                 answer = tokenizer.decode(row, skip_special_tokens=True)
                 answers.append(answer.split(stop_text)[0] if stop_text else answer)
+            if on_batch is not None:
+                on_batch()
     return answers
 
 
 def evaluate_model(
-    model, tokenizer, eval_records: list[dict], eval_cfg, max_length: int, schema: dict | None = None, turns="all"
+    model,
+    tokenizer,
+    eval_records: list[dict],
+    eval_cfg,
+    max_length: int,
+    schema: dict | None = None,
+    turns="all",
+    on_batch=None,
 ) -> dict:
-    """eval_loss, json_valid_rate (and schema_valid_rate with a schema) and the generations, on the eval split."""
+    """eval_loss, json_valid_rate (and schema_valid_rate with a schema) and the generations, on the eval split;
+    `on_batch()` after each of its eval_batches() batches."""
     conversations = [to_messages(r) for r in eval_records]
     loss_set = conversations[: eval_cfg.max_samples] if eval_cfg.max_samples else conversations
     gen_set = conversations[: eval_cfg.generate_samples]
-    answers = generate_answers(model, tokenizer, gen_set, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    answers = generate_answers(
+        model, tokenizer, gen_set, eval_cfg.max_new_tokens, eval_cfg.batch_size, on_batch=on_batch
+    )
     result = {
-        "eval_loss": eval_loss(model, tokenizer, loss_set, max_length, eval_cfg.batch_size, turns),
+        "eval_loss": eval_loss(model, tokenizer, loss_set, max_length, eval_cfg.batch_size, turns, on_batch),
         "json_valid_rate": json_valid_rate(answers),
         "eval_examples": len(loss_set),
         "generated": len(answers),

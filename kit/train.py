@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from kit.batching import packed_trainer_class
-from kit.budget import SessionBudget
+from kit.budget import FinalReserve, SessionBudget
 from kit.callbacks import CheckpointMarker, StatusCallback, StatusFile
 from kit.checkpoints import (
     checkpoint_step,
@@ -57,7 +57,7 @@ from kit.data.shards import fetch_split, load_eval, load_shard, read_manifest
 from kit.data.tokenize import encode_records
 from kit.distributed import is_main_process, print0, world_size
 from kit.errors import DataError, KitError
-from kit.evaluate import evaluate_model
+from kit.evaluate import evaluate_model, generate_answers
 from kit.files import folder_written_whole, read_json, write_json_atomic, write_text_atomic
 from kit.identity import IdentityStamp, check_resume, finished_differences, run_identity
 from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder, shard_file
@@ -251,6 +251,7 @@ class ShardData:
     tokenizer: object
     sha256: str  # the shard file's, from the split's manifest: which data this is
     prompt_recipe: str  # how to prompt the adapter (kit/data/prompts.py), for the log and the model cards
+    eval_tokens: int = 0  # what the final eval loss pass reads: the session budget reserves its time
 
 
 def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardData:
@@ -270,16 +271,18 @@ def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardDa
             f"shard {shard}: no example has an assistant token within data.max_length={cfg.data.max_length}",
             param="data.max_length",
         )
-    check_eval_split(cfg, tokenizer, eval_records, data_dir)  # before any step: eval runs only after the last one
+    eval_tokens = check_eval_split(cfg, tokenizer, eval_records, data_dir)  # before any step: eval runs after the last
     for warning in data_warnings(cfg, stats, shard):
         print0(f"warning: {warning}")
     recipe = prompt_recipe(tokenizer, [to_messages(r) for r in eval_records])
     if not recipe["matches"]:  # once per run: the adapter is prompted otherwise than the template's default
         print0(f"note: {recipe['recipe']}")
     sha256 = read_manifest(data_dir)["files"][shard_file(shard)]["sha256"]
-    return ShardData(dataset, stats, eval_records, tokenizer, sha256, recipe["recipe"])
+    return ShardData(dataset, stats, eval_records, tokenizer, sha256, recipe["recipe"], eval_tokens)
 
 
+PROBE_TOKENS = 8
+"""New tokens the generation probe forces (a few: it runs once, before the first step)."""
 CUT_WARN_SHARE = 0.05
 """Above this share of examples cut short by data.max_length, training warns (the count is in the metrics anyway)."""
 
@@ -313,15 +316,17 @@ def data_warnings(cfg: RunConfig, stats: dict, shard: int) -> list[str]:
     return warnings
 
 
-def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_dir) -> None:
-    """The eval split can be scored: not empty, and some example keeps an answer token within data.max_length."""
+def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_dir) -> int:
+    """The eval split can be scored: not empty, and some example keeps an answer token within data.max_length.
+    Returns the tokens the final eval loss pass reads (for the session budget's reserve)."""
     if not eval_records:
         raise DataError(
             f"{data_dir}: the eval split is empty, so the shard could not be scored after training; "
             "split again with an eval_fraction above 0 (e.g. 0.02)"
         )
-    _, stats = encode_records(
-        tokenizer, [to_messages(r) for r in eval_records], max_length=cfg.data.max_length, turns=cfg.data.turns
+    scored = eval_records[: cfg.eval.max_samples] if cfg.eval.max_samples else eval_records
+    encoded, stats = encode_records(
+        tokenizer, [to_messages(r) for r in scored], max_length=cfg.data.max_length, turns=cfg.data.turns
     )
     if stats["kept"] == 0:
         raise DataError(
@@ -330,6 +335,20 @@ def check_eval_split(cfg: RunConfig, tokenizer, eval_records: list[dict], data_d
             "data.max_length",
             param="data.max_length",
         )
+    return int(sum(encoded["length"]))
+
+
+def generation_probe(tokenizer, eval_records: list[dict], eval_cfg, tokens: int = PROBE_TOKENS):
+    """A function of the model: seconds per generated token of one eval batch, as the final eval generates
+    (the session budget's reserve for it, kit/budget.py). It forces `tokens` new tokens, prefill included."""
+    conversations = [to_messages(r) for r in eval_records[: eval_cfg.batch_size]]
+
+    def probe(model) -> float:
+        begin = time.perf_counter()
+        generate_answers(model, tokenizer, conversations, tokens, eval_cfg.batch_size, min_new_tokens=tokens)
+        return (time.perf_counter() - begin) / tokens
+
+    return probe
 
 
 def find_resume(cfg: RunConfig, paths: ShardPaths, sync, main: bool, identity: dict) -> Path | None:
@@ -391,11 +410,20 @@ class ShardRun:
         self.identity, self.trackers = identity, trackers
         self.budget = None
         if cfg.train.session_hours > 0:
+            e = cfg.eval
+            generated = min(e.generate_samples, len(data.eval_records))
+            reserve = FinalReserve(  # the final eval must fit too: else the run stops with a checkpoint instead
+                data.eval_tokens,
+                -(-generated // e.batch_size),
+                e.max_new_tokens,
+                probe=generation_probe(data.tokenizer, data.eval_records, e) if generated else None,
+            )
             self.budget = SessionBudget(
                 cfg.train.session_hours * 3600,
                 elapsed_s=time.monotonic() - started,
                 status=status if main else None,
                 verbose=main,
+                reserve=reserve,
             )
         self.sync_callbacks = sync.callbacks() if main else []  # one uploader thread, kept across OOM retries
 
@@ -478,9 +506,11 @@ def finish(
     """Save the adapter, evaluate it, write metrics.json (the "done" marker) and push everything."""
     model = trainer.model
     adapter_dir = save_adapter(model, paths, cfg, n_examples=len(data.dataset), prompt_recipe=data.prompt_recipe)
+    eval_began = time.monotonic()
     evaluation = evaluate_model(
         model, data.tokenizer, data.eval_records, cfg.eval, cfg.data.max_length, turns=cfg.data.turns
     )
+    eval_s = round(time.monotonic() - eval_began, 1)  # beside budget.final_reserve: the estimate and the truth
     write_text_atomic(
         paths.eval_generations,  # pushed beside the adapter: never half a file
         "".join(json.dumps({"answer": a}, ensure_ascii=False) + "\n" for a in evaluation.pop("generations")),
@@ -496,6 +526,7 @@ def finish(
         "steps": trainer.state.global_step,
         "resumed_from_step": checkpoint_step(resume) if resume else None,
         "seconds": round(time.monotonic() - started, 1),
+        "final_eval_s": eval_s,
         "kit_version": kit_version(),
         "adapter": str(adapter_dir),
         "budget": run.budget.report() if run.budget else None,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainerControl
 
 import kit.budget
-from kit.budget import SessionBudget
+from kit.budget import FinalReserve, SessionBudget
 from kit.config import load_config
 from kit.train import train_shard
 
@@ -75,6 +75,28 @@ def test_a_shard_that_fits_is_on_track_and_never_stopped():
     assert budget.estimate["on_track"] and not budget.stopped
 
 
+def test_the_final_eval_and_push_are_kept_free_at_the_end_of_the_session(capsys):
+    clock = FakeClock()
+    # One eval batch of 10 new tokens at 1 s each (x1.25 safety): 12.5 s; the push as long as a save (50 s).
+    reserve = FinalReserve(eval_tokens=0, generate_batches=1, max_new_tokens=10, probe=lambda model: 1.0)
+    budget = SessionBudget(1000, clock=clock, warmup_steps=2, safety_s=100, save_guess_s=50, reserve=reserve)
+    budget.on_train_begin(None, SimpleNamespace(num_input_tokens_seen=0), TrainerControl(), model=object())
+    assert reserve.token_step_s == 1.0  # measured once, as training begins
+    # Stop after step k once 1000 - 60 k < 60 + 50 + 100 + (12.5 + 50) = 272.5: k = 13 (14 without the reserve).
+    assert drive(budget, clock, max_steps=100) == 13
+    assert "+ the final eval and push (~62 s) + safety" in capsys.readouterr().out
+    reported = budget.report()["final_reserve"]  # after the stop's own save (0 s on this clock): the push is that
+    assert reported == {"eval_loss_s": 0.0, "generate_s": 12.5, "push_s": 0.0, "total_s": 12.5}
+
+
+def test_the_eval_loss_reserve_follows_the_measured_training_speed():
+    reserve = FinalReserve(eval_tokens=3000, generate_batches=0, max_new_tokens=0)
+    # 1000 training tokens/s; a forward costs FORWARD_SHARE of a step per token; x RESERVE_SAFETY.
+    expected = 3000 / 1000 * kit.budget.FORWARD_SHARE * kit.budget.RESERVE_SAFETY
+    assert reserve.parts(1000.0, push_s=5.0) == {"eval_loss_s": round(expected, 1), "generate_s": 0.0, "push_s": 5.0}
+    assert reserve.seconds(None, push_s=5.0) == 5.0  # before any step is measured: the push alone
+
+
 def test_time_already_used_by_setup_counts_against_the_session():
     clock = FakeClock()
     budget = SessionBudget(
@@ -114,6 +136,8 @@ def test_a_run_stopped_for_time_saves_pushes_and_resumes_to_the_same_adapter(sma
 
     clock = FakeClock()
     monkeypatch.setattr(kit.budget, "CLOCK", clock)
+    # This session's arithmetic leaves the final eval's reserve out (the tests above cover it); the next one has it.
+    monkeypatch.setattr(SessionBudget, "reserve_s", lambda self: 0.0)
     # 285 s: steps 1-2 leave >= 150 s (step + 30 s save guess + 60 s safety); after step 3, 105 s < 120 s.
     # Real setup time (a few seconds) also counts; the window for stopping at step 3 is 15 s wide.
     cfg = load_config("cpu-tiny", [*OVERRIDES, f"train.session_hours={285 / 3600!r}"])
@@ -134,10 +158,13 @@ def test_a_run_stopped_for_time_saves_pushes_and_resumes_to_the_same_adapter(sma
     assert not (remote / "shard-00" / "metrics.json").exists()
 
     monkeypatch.setattr(kit.budget, "CLOCK", __import__("time").monotonic)
+    monkeypatch.undo()  # the real clock and the real reserve: its generation probe runs on the real model
     # The next session, on a fresh machine (new work dir): pulls checkpoint-3 and finishes.
     resumed = train_shard(cfg, small_split, 0, remote, work_dir=tmp_path / "fresh")
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
     assert resumed["budget"]["stopped_for_time"] is False
+    reserve = resumed["budget"]["final_reserve"]
+    assert reserve["generate_s"] > 0 and reserve["eval_loss_s"] > 0 and resumed["final_eval_s"] >= 0
     a, b = weights(tmp_path / "fresh"), weights(tmp_path / "whole")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert uninterrupted["budget"] is None

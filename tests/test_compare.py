@@ -227,3 +227,46 @@ def test_the_merge_card_repeats_the_shards_inference_recipe(sources, tmp_path):
     assert report["prompt_recipe"] == recipe
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## How to prompt\n\nThis template's generation prompt ends with '<think>\\n'; drop it." in card
+
+
+class RecordingBar:
+    """Stands in for the tqdm bar: keeps every position and postfix it was given."""
+
+    def __init__(self, total, unit):
+        self.total, self.unit, self.n, self.positions, self.postfixes = total, unit, 0, [], []
+
+    def update(self, k=1):
+        self.n += k
+        self.positions.append(self.n)
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfixes.append(text)
+
+    def close(self):
+        pass
+
+
+def test_the_merge_progress_bar_advances_per_eval_batch_and_names_each_candidate(
+    tiny_model_dir, small_split, tmp_path, monkeypatch
+):
+    from test_merge import make_adapter
+
+    import kit.compare
+    from kit.evaluate import eval_batches
+    from kit.model import load_tokenizer
+
+    bars = []
+    monkeypatch.setattr(
+        kit.compare, "_progress", lambda total, unit="model": bars.append(RecordingBar(total, unit)) or bars[-1]
+    )
+    adapters = [
+        make_adapter(tiny_model_dir, tmp_path / f"run/shard-0{i}/adapter", r=4, alpha=8, seed=i) for i in (0, 1)
+    ]
+    cfg = load_config("cpu-tiny", ["eval.generate_samples=4", "eval.max_new_tokens=4", "eval.batch_size=2"])
+    merge_and_compare(adapters, tmp_path / "out", "average", evaluator=AdapterEvaluator(cfg, small_split))
+    bar = bars[0]
+    per_model = eval_batches(load_tokenizer(cfg), AdapterEvaluator(cfg, small_split).records, cfg.eval, 1024)
+    assert per_model == 2 + 3  # 4 prompts generated in batches of 2; 6 eval examples scored in batches of 2
+    assert (bar.unit, bar.total) == ("batch", 4 * per_model)  # base, two shards, the merge
+    assert bar.positions == list(range(1, 4 * per_model + 1))  # one step per batch, none skipped or doubled
+    assert bar.postfixes == ["base (model 1/4)", "shard-00 (model 2/4)", "shard-01 (model 3/4)", "merged (model 4/4)"]
