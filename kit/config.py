@@ -128,7 +128,7 @@ class TrainSection:
     trackio_space_id: str = ""
     """With report_to=trackio: the Hugging Face Space (USER/NAME) every shard of the run logs to; "" = local only."""
     heartbeat_minutes: float = 5.0
-    """A Hub run pushes status.json (and renews the shard's lease) this often between checkpoints; `kit status`
+    """A Hub run pushes the shard's status (and renews its lease) this often between checkpoints; `kit status`
     calls a shard stale after 3 missed beats, and a lease that old can be taken over (kit/lease.py)."""
     save_total_limit: int = 2
     """Local checkpoints kept; older ones are deleted after a newer one is complete."""

@@ -64,9 +64,10 @@ METRICS = "metrics.json"  # also the "done" marker, locally and on a remote
 PARTIAL_METRICS = "metrics.partial.json"
 POINTER = "latest.json"
 LEASE = "lease.json"  # on a remote: which session writes this shard (kit/lease.py)
-SESSION = ".session"  # in a local work dir: the lease session of the last process that trained here
+SESSION = ".lease-session"  # in a local work dir: the lease session of the last process that trained here
 EVAL_GENERATIONS = "eval_generations.jsonl"
 LOSS_PLOT = "loss.png"
+TENSORBOARD = "tensorboard"  # event files, with train.report_to=tensorboard (kit/trackers.py)
 
 # ---- a merge ----
 MERGE_INFO = "merge_info.json"

@@ -158,7 +158,7 @@ class ShardLease:
             return False
 
         self.since = None
-        message = f"shard-{self.shard:02d}: lease to {self.runtime} ({self.session})"
+        message = f"{ShardPaths.in_repo(self.shard).name}: lease to {self.runtime} ({self.session})"
         with_retries(lambda: self._conditional({}, message, check=claim), f"take {self.path} on {self.remote.location}")
         self.since = self.record().since
         if self.local_dir:
@@ -171,7 +171,9 @@ class ShardLease:
         def ours(held: LeaseRecord | None) -> bool:
             if held is not None and held.session == self.session and held.released and released:
                 return True  # this very commit landed, its answer was lost: nothing to write again
-            if held is None or held.session != self.session or held.released:
+            if held is not None and held.session == self.session and held.released:
+                raise ShardLeaseError(f"shard {self.shard}: this session released its lease; it writes nothing more")
+            if held is None or held.session != self.session:
                 who = f"{held.runtime} (session {held.session})" if held else "nobody (the lease is gone)"
                 self.lost = (
                     f"shard {self.shard}: another session took this shard over; {who} holds it now. This session "

@@ -321,6 +321,7 @@ class ShardSync:
             self.heartbeat.stop()
         if self.lease is None or self.lease.lost or self._ended:
             return
+        self.wait_for_uploads()  # a checkpoint saved before the error still lands: released, nothing more may
         self._ended = True
         try:
             status = self.status_payload()

@@ -32,10 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.config import report_targets
-from kit.layout import shard_name
+from kit.layout import TENSORBOARD, shard_name
 from kit.remote import is_hub, parse_hub
-
-TENSORBOARD_DIR = "tensorboard"  # inside shard-II/
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def check_tracker_packages(cfg) -> None:
 
 
 def tensorboard_dir(shard_dir: str | Path) -> Path:
-    return Path(shard_dir) / TENSORBOARD_DIR
+    return Path(shard_dir) / TENSORBOARD
 
 
 def tracker_callbacks(cfg, shard_dir: str | Path) -> list:

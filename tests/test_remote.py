@@ -127,7 +127,8 @@ def test_split_pushes_to_the_hub_and_train_downloads_only_its_shard(hub, demo_da
     assert status["state"] == "done" and status["step"] == status["max_steps"] == 2 and status["platform"] == "local"
     card = files["shard-01/adapter/README.md"].decode()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "peft" and meta["base_model"] and meta["datasets"] == [data_repo]
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert meta["datasets"] == [data_repo] and "base_model" not in meta  # the tiny model is a local folder
     assert "## Metrics" in card and "eval_loss" in card and 'subfolder="shard-01/adapter"' not in card
     assert "subfolder='shard-01/adapter'" in card
     assert "## How to prompt\n\nPrompt with the chat template's own generation prompt" in card
