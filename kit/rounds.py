@@ -1,0 +1,144 @@
+"""Fleet rounds, the outer step: from a round's global adapter and the shards' adapters after H steps, the next global.
+
+    new, state, record = outer_step(start, shards, weights=[27, 27, 26, 26], lr=0.7, momentum=0.9, state=state)
+    save_global(new, config, "rounds/001/global/"); save_outer_state(state, "rounds/001/outer_state.safetensors")
+
+This is DiLoCo's outer loop, on LoRA adapters. Each shard trains H steps from the
+round's global adapter G (update dW_G = s B_G A_G); its change is dW_i - dW_G. The
+round's change is the weighted mean of those changes, computed exactly in dW
+space from the factors (kit/merge.py's concatenation: no d x d matrix is formed):
+
+    delta = sum_i w_i s B_i A_i - s B_G A_G            (rank N r + r, exact)
+
+The outer optimizer treats -delta as its gradient. Plain averaging is lr 1 with no
+momentum (the next global is then exactly the weighted average of the shards);
+DiLoCo uses Nesterov momentum mu with an outer learning rate lr:
+
+    v <- mu v + delta;      dW_next = dW_G + lr (delta + mu v)
+
+(torch.optim.SGD(nesterov=True)'s update with the gradient -delta; tested against it
+on dense matrices). The velocity v is kept as factors too, truncated by SVD to
+`state_rank` per module (default: the rank of one round's delta, N r + r, which holds
+a round exactly); its truncation error is recorded.
+
+The next global must be a rank-r LoRA adapter again, so the shards can train it:
+dW_next is brought to rank r by truncated SVD (kit/merge.py's svd_factors: QR of the
+factors, the SVD of a small core), and stored with the shards' own scaling s
+(B / s), so a shard trains it with the same lora_alpha and learning rate as before.
+
+Why SVD and not factor averaging (A = mean A_i, B = mean B_i): factor averaging is not
+the average of the updates (cross terms B_i A_j), and its error is not bounded by
+anything the round controls. The SVD is the best rank-r approximation of dW_next
+(Eckart-Young); `record` carries both relative errors against the exact dW_next,
+so every round shows what the choice bought (tests/test_rounds.py measures it).
+
+Needs torch and kit/merge.py only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kit.merge import Adapter, Factors, concat_factors, relative_errors, save_lora, svd_factors
+
+
+def _dense(factors: Factors) -> dict[str, torch.Tensor]:
+    return {m: b.double() @ a.double() for m, (a, b) in factors.items()}
+
+
+def _scale(factors: Factors, c: float) -> Factors:
+    return {m: (a, c * b) for m, (a, b) in factors.items()}
+
+
+def _concat(*parts: Factors) -> Factors:
+    """Factors whose B @ A is the sum of the parts' (rank adds up; exact)."""
+    out = {}
+    for module in parts[0]:
+        out[module] = (
+            torch.cat([p[module][0].float() for p in parts], dim=0),
+            torch.cat([p[module][1].float() for p in parts], dim=1),
+        )
+    return out
+
+
+def updates(adapter: Adapter) -> Factors:
+    """(A, s B) per module: factors whose product is the adapter's own dW."""
+    return {m: (a.float(), adapter.scaling * b.float()) for m, (a, b) in adapter.factors.items()}
+
+
+def outer_step(
+    start: Adapter,
+    shards: list[Adapter],
+    weights: list[float] | None = None,
+    lr: float = 1.0,
+    momentum: float = 0.0,
+    state: Factors | None = None,
+    state_rank: int | None = None,
+) -> tuple[Factors, Factors | None, dict]:
+    """(the next global's factors as (A, B) with B scaled for the shards' scaling, the new velocity, a record)."""
+    if not shards:
+        raise ValueError("a round needs at least one shard's adapter")
+    total = sum(weights) if weights else len(shards)
+    w = [x / total for x in weights] if weights else [1.0 / len(shards)] * len(shards)
+    g = updates(start)
+    mean = concat_factors(shards, w)  # sum_i w_i s_i B_i A_i, exact
+    delta = _concat(mean, _scale(g, -1.0))  # the round's change, exact
+    rank_delta = next(iter(delta.values()))[0].shape[0]
+    record = {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum}
+    if momentum:
+        velocity = _concat(_scale(state, momentum), delta) if state else delta
+        keep = state_rank or rank_delta
+        if next(iter(velocity.values()))[0].shape[0] > keep:
+            truncated, _ = svd_factors(velocity, keep)
+            record["state_error"] = relative_errors(truncated, velocity)["overall"]
+            velocity = truncated
+        step = _concat(delta, _scale(velocity, momentum))
+    else:
+        velocity, step = None, delta
+    exact_next = _concat(g, _scale(step, lr))  # dW_G + lr * step, exact
+    rank = start.rank
+    next_factors, stats = svd_factors(exact_next, rank)
+    record["svd_error"] = relative_errors(next_factors, exact_next)["overall"]
+    record["retained_energy_min"] = min(s["retained_energy"] for s in stats.values())
+    if lr == 1.0 and not momentum:  # what averaging the factors instead would have given, for the record
+        averaged = {
+            m: (sum(wi * s.factors[m][0].float() for s, wi in zip(shards, w)),
+                sum(wi * s.scaling * s.factors[m][1].float() for s, wi in zip(shards, w)))
+            for m in start.factors
+        }  # fmt: skip
+        record["factor_average_error"] = relative_errors(averaged, exact_next)["overall"]
+    s = start.scaling
+    return {m: (a, b / s) for m, (a, b) in next_factors.items()}, velocity, record
+
+
+def save_global(factors: Factors, start: Adapter, out: str | Path) -> None:
+    """The next round's global adapter: the shards' own PEFT config (rank, alpha), B already divided by s."""
+    out = Path(out)
+    save_lora(factors, start.config, out, torch.float32)
+    # save_lora writes alpha = rank (scaling 1); the round's global keeps the shards' scaling instead.
+    from kit.files import read_json, write_json_atomic
+    from kit.layout import ADAPTER_CONFIG
+
+    config = read_json(out / ADAPTER_CONFIG)
+    config.update(r=start.config["r"], lora_alpha=start.config["lora_alpha"],
+                  use_rslora=bool(start.config.get("use_rslora")))  # fmt: skip
+    write_json_atomic(out / ADAPTER_CONFIG, config)
+
+
+def save_outer_state(state: Factors | None, path: str | Path) -> None:
+    tensors = {}
+    for module, (a, b) in (state or {}).items():
+        tensors[f"{module}.v_A"], tensors[f"{module}.v_B"] = a.contiguous(), b.contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def load_outer_state(path: str | Path) -> Factors | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    tensors = load_file(str(path))
+    modules = sorted({k[: -len(".v_A")] for k in tensors if k.endswith(".v_A")})
+    return {m: (tensors[f"{m}.v_A"], tensors[f"{m}.v_B"]) for m in modules} or None

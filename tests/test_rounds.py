@@ -1,0 +1,105 @@
+"""The outer step of fleet rounds (kit/rounds.py): exact round changes, DiLoCo's Nesterov step, rank r again.
+
+    .venv/bin/python -m pytest -q tests/test_rounds.py    # seconds, no model, no network
+
+Adapters are random LoRA factors on two modules. Where the shards share their A
+factors (a common row space), every update has rank <= r and the outer step must be
+exact: it is then checked against torch.optim.SGD(nesterov=True) on dense dW.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kit.merge import Adapter, load_adapters
+from kit.rounds import load_outer_state, outer_step, save_global, save_outer_state
+
+SHAPES = {"layers.0.q_proj": (12, 10), "layers.1.down_proj": (10, 16)}
+R, ALPHA = 4, 8  # scaling s = 2
+
+
+def adapter(name: str, seed: int, shared_a: dict | None = None) -> Adapter:
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for module, (out, inp) in SHAPES.items():
+        a = shared_a[module] if shared_a else torch.randn(R, inp, generator=g)
+        factors[module] = (a, torch.randn(out, R, generator=g))
+    return Adapter(name, None, {"r": R, "lora_alpha": ALPHA, "use_rslora": False}, factors)
+
+
+def dense(factors, scale: float = 1.0) -> dict:
+    return {m: scale * b.double() @ a.double() for m, (a, b) in factors.items()}
+
+
+def shared_rows(seed: int = 100) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(R, inp, generator=g) for m, (_, inp) in SHAPES.items()}
+
+
+def test_plain_averaging_gives_the_rank_r_svd_of_the_exact_weighted_mean_of_the_shards():
+    start, shards = adapter("global", 0), [adapter(f"shard-0{i}", i + 1) for i in range(3)]
+    new, state, record = outer_step(start, shards, weights=[1, 2, 1])
+    mean = {
+        m: sum(w * d[m] for w, d in zip([0.25, 0.5, 0.25], (dense(s.factors, 2.0) for s in shards))) for m in SHAPES
+    }
+    for m in SHAPES:
+        u, s, vh = torch.linalg.svd(mean[m])
+        best = (u[:, :R] * s[:R]) @ vh[:R]  # Eckart-Young: the best rank-R matrix
+        got = 2.0 * new[m][1].double() @ new[m][0].double()  # stored B / s: the shards' scaling brings it back
+        assert torch.allclose(got, best, atol=1e-5)
+    assert state is None and 0 < record["svd_error"] < record["factor_average_error"]
+
+
+def test_shards_in_one_row_space_make_the_step_exact_and_equal_to_dilocos_nesterov_sgd():
+    rows = shared_rows()
+    start = adapter("global", 0, rows)
+    params = {m: torch.nn.Parameter(d.clone()) for m, d in dense(start.factors, 2.0).items()}
+    sgd = torch.optim.SGD(params.values(), lr=0.7, momentum=0.9, nesterov=True)
+    state, current = None, start
+    for round_ in range(3):
+        shards = [adapter(f"shard-0{i}", 10 * round_ + i, rows) for i in range(2)]
+        new, state, record = outer_step(current, shards, lr=0.7, momentum=0.9, state=state)
+        mean = {m: sum(dense(s.factors, 2.0)[m] for s in shards) / 2 for m in SHAPES}
+        sgd.zero_grad()
+        for m, p in params.items():
+            p.grad = -(mean[m] - p.detach())  # the outer gradient: minus the round's change
+        sgd.step()
+        for m, p in params.items():
+            got = 2.0 * new[m][1].double() @ new[m][0].double()
+            assert torch.allclose(got, p.detach(), atol=1e-4), (round_, m)
+        assert record["svd_error"] < 1e-6
+        current = Adapter("global", None, start.config, new)
+
+
+def test_the_velocity_is_kept_low_rank_with_its_truncation_error_recorded_and_round_trips(tmp_path):
+    start, state = adapter("global", 0), None
+    for round_ in range(3):
+        shards = [adapter(f"s{i}", 50 + 10 * round_ + i) for i in range(2)]
+        _, state, record = outer_step(start, shards, lr=0.5, momentum=0.9, state=state, state_rank=6)
+    assert all(a.shape[0] == 6 for a, _ in state.values())
+    assert 0 < record["state_error"] < 1
+    save_outer_state(state, tmp_path / "outer_state.safetensors")
+    again = load_outer_state(tmp_path / "outer_state.safetensors")
+    assert all(torch.equal(again[m][0], state[m][0]) and torch.equal(again[m][1], state[m][1]) for m in state)
+    assert load_outer_state(tmp_path / "none.safetensors") is None
+
+
+def test_the_next_global_is_a_peft_adapter_with_the_shards_rank_and_scaling(tmp_path):
+    from conftest import _require_model
+    from test_merge import make_adapter
+
+    base = _require_model("tiny-smollm2")
+    sources = [make_adapter(base, tmp_path / f"a{i}", r=4, alpha=8, seed=i) for i in range(3)]
+    start, *shards = load_adapters(sources)
+    new, _, _ = outer_step(start, shards)
+    save_global(new, start, tmp_path / "global")
+    (loaded,) = load_adapters([tmp_path / "global"])
+    assert (loaded.rank, loaded.config["lora_alpha"]) == (4, 8)
+    for m in new:
+        assert torch.allclose(loaded.factors[m][1] @ loaded.factors[m][0], new[m][1] @ new[m][0], atol=1e-6)
+
+
+def test_a_round_without_shards_is_refused():
+    with pytest.raises(ValueError, match="at least one shard"):
+        outer_step(adapter("global", 0), [])
