@@ -1,7 +1,8 @@
 """Fleet rounds, the outer step: from a round's global adapter and the shards' adapters after H steps, the next global.
 
     new, state, record = outer_step(start, shards, weights=[27, 27, 26, 26], lr=0.7, momentum=0.9, state=state)
-    save_global(new, config, "rounds/001/global/"); save_outer_state(state, "rounds/001/outer_state.safetensors")
+    save_global(new, start, "rounds/001/global/"); save_outer_state(state, "rounds/001/outer_state.safetensors")
+    Trainer(..., callbacks=[RoundStart(global_dir), RoundBoundary(round_steps)])   # a shard's side of a round
 
 This is DiLoCo's outer loop, on LoRA adapters. Each shard trains H steps from the
 round's global adapter G (update dW_G = s B_G A_G); its change is dW_i - dW_G. The
@@ -32,7 +33,12 @@ anything the round controls. The SVD is the best rank-r approximation of dW_next
 (Eckart-Young); `record` carries both relative errors against the exact dW_next,
 so every round shows what the choice bought (tests/test_rounds.py measures it).
 
-Needs torch and kit/merge.py only.
+A shard's side: its Trainer keeps max_steps for the whole shard (one learning-rate
+schedule over every round); RoundBoundary ends each `train()` with a checkpoint at a
+multiple of H; the next round resumes that checkpoint (inner optimizer state, data
+position, RNG: DiLoCo keeps each worker's inner optimizer) and RoundStart copies the
+round's global adapter into the LoRA weights in place before the first step.
+scripts/bench_rounds.py runs a fleet of rounds this way in one process.
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
 
+from kit.files import read_json, write_json_atomic
+from kit.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from kit.merge import Adapter, Factors, concat_factors, relative_errors, save_lora, svd_factors
 
 
@@ -119,9 +128,6 @@ def save_global(factors: Factors, start: Adapter, out: str | Path) -> None:
     out = Path(out)
     save_lora(factors, start.config, out, torch.float32)
     # save_lora writes alpha = rank (scaling 1); the round's global keeps the shards' scaling instead.
-    from kit.files import read_json, write_json_atomic
-    from kit.layout import ADAPTER_CONFIG
-
     config = read_json(out / ADAPTER_CONFIG)
     config.update(r=start.config["r"], lora_alpha=start.config["lora_alpha"],
                   use_rslora=bool(start.config.get("use_rslora")))  # fmt: skip
@@ -142,3 +148,49 @@ def load_outer_state(path: str | Path) -> Factors | None:
     tensors = load_file(str(path))
     modules = sorted({k[: -len(".v_A")] for k in tensors if k.endswith(".v_A")})
     return {m: (tensors[f"{m}.v_A"], tensors[f"{m}.v_B"]) for m in modules} or None
+
+
+# ---- a shard's side of a round: stop at its end, start the next from the global ----
+
+
+class RoundBoundary(TrainerCallback):
+    """Ends a `train()` call with a checkpoint at every multiple of `round_steps`: a round's end.
+
+    The Trainer keeps `max_steps` for the whole shard, so the learning-rate schedule runs over all
+    rounds; the next round resumes this checkpoint (inner optimizer state, data position, RNG)."""
+
+    def __init__(self, round_steps: int):
+        self.round_steps = round_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.round_steps == 0:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class RoundStart(TrainerCallback):
+    """When a round's `train()` begins (after the Trainer restored the shard's checkpoint), set the
+    LoRA weights to the round's global adapter, in place, so the optimizer keeps its state for them;
+    `reset_optimizer` drops that state instead (the ablation: DiLoCo keeps it)."""
+
+    def __init__(self, global_dir: str | Path | None, reset_optimizer: bool = False):
+        self.global_dir = Path(global_dir) if global_dir else None
+        self.reset_optimizer = reset_optimizer
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.global_dir is not None:
+            load_global_into(model, self.global_dir)
+        if self.reset_optimizer and optimizer is not None:
+            optimizer.state.clear()
+
+
+def load_global_into(model, global_dir: str | Path) -> None:
+    """Copy a global adapter's LoRA weights into a PeftModel's own parameters (their identity kept)."""
+    from peft import set_peft_model_state_dict
+
+    tensors = load_file(str(Path(global_dir) / ADAPTER_WEIGHTS))
+    result = set_peft_model_state_dict(model, tensors)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise ValueError(f"{global_dir}: {len(missing)} LoRA weights match no module of the model ({missing[:2]}...)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from kit.merge import Adapter, load_adapters
 from kit.rounds import load_outer_state, outer_step, save_global, save_outer_state
@@ -103,3 +104,52 @@ def test_the_next_global_is_a_peft_adapter_with_the_shards_rank_and_scaling(tmp_
 def test_a_round_without_shards_is_refused():
     with pytest.raises(ValueError, match="at least one shard"):
         outer_step(adapter("global", 0), [])
+
+
+class Probe(TrainerCallback):
+    """Runs after RoundStart at train begin: what the round starts from."""
+
+    def __init__(self):
+        self.weights, self.optimizer_state = None, None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.weights = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+        self.optimizer_state = len(optimizer.state)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["kept", "reset"])
+def test_a_round_resumes_the_shards_checkpoint_and_starts_from_the_global_adapter(small_split, tmp_path, reset):
+    from kit.config import load_config
+    from kit.data.records import to_messages
+    from kit.data.shards import load_shard
+    from kit.data.tokenize import encode_records
+    from kit.model import add_lora, load_base_model, load_tokenizer
+    from kit.rounds import RoundBoundary, RoundStart
+    from kit.train import build_trainer
+
+    cfg = load_config("cpu-tiny", ["train.max_steps=4", "train.save_steps=4"])
+    tokenizer = load_tokenizer(cfg)
+    convs = [to_messages(r) for r in load_shard(small_split, 0)]
+    dataset, _ = encode_records(tokenizer, convs, max_length=cfg.data.max_length)
+    shard_dir = tmp_path / "shard-00"
+    first = build_trainer(cfg, dataset, tokenizer, shard_dir, callbacks=[RoundBoundary(2)])
+    first.train()
+    assert first.state.global_step == 2 and (shard_dir / "checkpoint-2").is_dir()  # the round's end, saved
+
+    model = add_lora(load_base_model(cfg), cfg)  # another global: the init with every B made non-zero
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.save_pretrained(tmp_path / "global")
+    expected = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+    probe = Probe()
+    second = build_trainer(
+        cfg, dataset, tokenizer, shard_dir, callbacks=[RoundStart(tmp_path / "global", reset), probe, RoundBoundary(2)]
+    )
+    second.train(resume_from_checkpoint=str(shard_dir / "checkpoint-2"))
+    assert second.state.global_step == 4  # the shard's own step count and schedule go on
+    assert probe.weights.keys() == expected.keys()
+    assert all(torch.equal(probe.weights[k], expected[k]) for k in expected), "round 2 starts from the global"
+    assert probe.optimizer_state == (0 if reset else len(expected))  # AdamW's moments, kept or dropped

@@ -1,0 +1,262 @@
+"""Benchmark: fleet rounds (kit/rounds.py) against the one-shot merge and one adapter trained on all the data.
+
+    .venv/bin/python scripts/bench_rounds.py                       # cpu-demo, 4 shards x 20 steps (~1 h on 2 cores)
+    .venv/bin/python scripts/bench_rounds.py --steps 8 --rounds 4 --outer avg --json   # a shorter run
+    .venv/bin/python scripts/bench_rounds.py --smoke --json        # tiny model, a minute (tests/scripts/)
+
+Every row sees the same examples in the same total number of steps: N shards x S steps
+each, or one adapter for N*S steps over all the shards' data (the same shards, in turn).
+The eval split is shared: eval loss over all of it, JSON validity and task accuracy
+(scripts/make_demo_data.py's checker: every constraint of the request met) on every
+eval prompt.
+
+Rows:
+    base              the model without an adapter
+    one-shot          each shard trains S steps alone; kit's exact average of the N adapters
+    rounds H=..       each shard trains H steps from the round's global adapter, keeping its own
+                      optimizer state; the outer step (kit/rounds.py) makes the next global:
+                      `avg` = plain averaging (outer lr 1, no momentum), `nesterov` = DiLoCo's
+                      Nesterov momentum (outer lr 0.7, momentum 0.9, DiLoCo's published values);
+                      `-fresh-opt` drops the inner optimizer state at each round (the ablation)
+    all data          one adapter, N*S steps over the union of the shards
+
+Per row: eval loss, JSON validity, task accuracy, the adapter bytes each shard uploaded
+(one adapter per round; one in all for one-shot), and seconds. No network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("KIT_PROGRESS", "off")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+OUTERS = {"avg": (1.0, 0.0), "nesterov": (0.7, 0.9)}
+
+
+def load_demo():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare(preset: str, overrides: list[str], shards: int, examples: int, work: Path):
+    """(cfg, tokenizer, one dataset per shard, the eval records, the demo module)."""
+    from kit.config import load_config
+    from kit.data.records import to_messages
+    from kit.data.shards import load_eval, load_shard, split_dataset
+    from kit.data.tokenize import encode_records
+    from kit.model import load_tokenizer
+
+    demo = load_demo()
+    source = work / "data.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in demo.generate(examples, seed=0)))
+    split_dataset(source, work / "split", num_shards=shards, eval_fraction=0.02, seed=0)
+    eval_records = load_eval(work / "split")
+    cfg = load_config(preset, [*overrides, f"eval.generate_samples={len(eval_records)}", "train.session_hours=0"])
+    tokenizer = load_tokenizer(cfg)
+    datasets = []
+    for shard in range(shards):
+        convs = [to_messages(r) for r in load_shard(work / "split", shard)]
+        datasets.append(encode_records(tokenizer, convs, max_length=cfg.data.max_length, turns=cfg.data.turns)[0])
+    return cfg, tokenizer, datasets, eval_records, demo
+
+
+def with_steps(cfg, steps: int):
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.train.max_steps, out.train.save_steps = steps, steps
+    return out
+
+
+def train_alone(cfg, dataset, tokenizer, out: Path, steps: int) -> Path:
+    """One adapter, `steps` steps on `dataset` (kit's own Trainer); its folder."""
+    from kit.train import build_trainer
+
+    trainer = build_trainer(with_steps(cfg, steps), dataset, tokenizer, out)
+    trainer.train()
+    trainer.model.save_pretrained(out / "adapter")
+    return out / "adapter"
+
+
+def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int, outer: str, keep_optimizer: bool):
+    """The fleet in rounds, in this process: (the last global adapter, bytes uploaded per shard, round records)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from kit.layout import ADAPTER_WEIGHTS
+    from kit.merge import load_adapters
+    from kit.model import add_lora, load_base_model
+    from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global
+    from kit.train import build_trainer
+
+    lr, momentum = OUTERS[outer]
+    shard_cfg = with_steps(cfg, steps)
+    global_dir = out / "rounds" / "000" / "global"
+    add_lora(load_base_model(cfg), cfg).save_pretrained(global_dir)  # round 0: the shared LoRA init
+    state, uploaded, records = None, [0] * len(datasets), []
+    for round_ in range(steps // round_steps):
+        round_dir, sources = out / "rounds" / f"{round_ + 1:03d}", []
+        for i, dataset in enumerate(datasets):
+            shard_dir = out / f"shard-{i:02d}"
+            start = RoundStart(global_dir if round_ else None, reset_optimizer=not keep_optimizer)
+            trainer = build_trainer(
+                shard_cfg, dataset, tokenizer, shard_dir, callbacks=[start, RoundBoundary(round_steps)]
+            )
+            trainer.train(resume_from_checkpoint=get_last_checkpoint(str(shard_dir)) if shard_dir.is_dir() else None)
+            sources.append(round_dir / f"shard-{i:02d}")
+            trainer.model.save_pretrained(sources[-1])
+            uploaded[i] += (sources[-1] / ADAPTER_WEIGHTS).stat().st_size
+        start_adapter, *shard_adapters = load_adapters([global_dir, *sources])
+        new, state, record = outer_step(
+            start_adapter, shard_adapters, [len(d) for d in datasets], lr=lr, momentum=momentum, state=state
+        )
+        global_dir = round_dir / "global"
+        save_global(new, start_adapter, global_dir)
+        records.append({"round": round_ + 1, **{k: v for k, v in record.items() if k != "shards"}})
+    return global_dir, uploaded, records
+
+
+def score(cfg, tokenizer, eval_records, demo, adapter_dir: Path | None) -> dict:
+    from kit.evaluate import evaluate_model
+    from kit.model import load_base_model
+
+    model = load_base_model(cfg)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    result = evaluate_model(model, tokenizer, eval_records, cfg.eval, cfg.data.max_length, turns=cfg.data.turns)
+    answers = result.pop("generations")
+    return {
+        "eval_loss": round(result["eval_loss"], 4),
+        "json_valid_rate": round(result["json_valid_rate"], 4),
+        "task_accuracy": round(demo.task_accuracy(eval_records[: len(answers)], answers), 4),
+        "prompts": len(answers),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu-demo")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20, help="steps per shard (S)")
+    parser.add_argument("--rounds", default="5,10", help="round lengths H to run, comma-separated")
+    parser.add_argument("--outer", default="avg,nesterov", help="outer optimizers: avg, nesterov")
+    parser.add_argument("--fresh-opt", action="store_true", help="also run each H with the inner optimizer reset")
+    parser.add_argument("--examples", type=int, default=3000)
+    parser.add_argument("--smoke", action="store_true", help="cpu-tiny, 2 shards x 4 steps, H=2: seconds")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = ["eval.max_new_tokens=96"]
+    if args.smoke:
+        args.preset, args.shards, args.steps, args.rounds, args.examples = "cpu-tiny", 2, 4, "2", 80
+        overrides = ["eval.max_new_tokens=8"]
+    hs = [int(h) for h in args.rounds.split(",") if h]
+    bad = [h for h in hs if args.steps % h]
+    if bad:
+        parser.error(f"--rounds {bad}: each H must divide --steps {args.steps}")
+
+    rows, began = {}, time.monotonic()
+    # The Trainer prints its log lines to stdout: they go to stderr, so stdout is the report alone.
+    with tempfile.TemporaryDirectory(prefix="kit-bench-rounds-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        work = Path(tmp)
+        cfg, tokenizer, datasets, eval_records, demo = prepare(args.preset, overrides, args.shards, args.examples, work)
+
+        def timed(label, fn):
+            t0 = time.monotonic()
+            adapter, uploaded, extra = fn()
+            row = score(cfg, tokenizer, eval_records, demo, adapter)
+            rows[label] = {
+                **row,
+                "uploaded_bytes_per_shard": uploaded,
+                "seconds": round(time.monotonic() - t0, 1),
+                **extra,
+            }
+            print(f"{label}: {json.dumps(rows[label])}", file=sys.stderr, flush=True)
+
+        timed("base", lambda: (None, 0, {}))
+
+        def one_shot():
+            from kit.layout import ADAPTER_WEIGHTS
+            from kit.merge import merge_adapters
+
+            adapters = [
+                train_alone(cfg, d, tokenizer, work / f"one-shot-{i}", args.steps) for i, d in enumerate(datasets)
+            ]
+            merge_adapters(adapters, work / "one-shot-merged", method="exact")
+            return work / "one-shot-merged", (adapters[0] / ADAPTER_WEIGHTS).stat().st_size, {}
+
+        timed("one-shot", one_shot)
+        for h in hs:
+            for outer in args.outer.split(","):
+                for keep in (True, False) if args.fresh_opt else (True,):
+                    label = f"rounds H={h} {outer}" + ("" if keep else "-fresh-opt")
+                    out = work / label.replace(" ", "_").replace("=", "")
+
+                    def rounds(h=h, outer=outer, keep=keep, out=out):
+                        adapter, uploaded, records = run_rounds(
+                            cfg, datasets, tokenizer, out, args.steps, h, outer, keep
+                        )
+                        errors = [r["svd_error"] for r in records]
+                        return adapter, max(uploaded), {"rounds": len(records), "max_svd_error": round(max(errors), 4)}
+
+                    timed(label, rounds)
+
+        def all_data():
+            from datasets import concatenate_datasets
+
+            merged = concatenate_datasets(datasets)
+            adapter = train_alone(cfg, merged, tokenizer, work / "all-data", args.steps * args.shards)
+            return adapter, 0, {}
+
+        timed("all data", all_data)
+    report = {
+        "preset": args.preset,
+        "shards": args.shards,
+        "steps_per_shard": args.steps,
+        "examples": args.examples,
+        "eval_examples": len(eval_records),
+        "seconds": round(time.monotonic() - began, 1),
+        "rows": rows,
+    }
+    reference = rows["all data"]["eval_loss"]
+    for row in rows.values():
+        row["eval_loss_vs_all_data"] = round(row["eval_loss"] / reference - 1, 4)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(table(report))
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [
+        "| adapter | eval loss | vs all data | JSON valid | task accuracy | uploaded / shard | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, r in report["rows"].items():
+        lines.append(
+            f"| {label} | {r['eval_loss']:.4f} | {r['eval_loss_vs_all_data']:+.1%} | {r['json_valid_rate']:.0%} | "
+            f"{r['task_accuracy']:.0%} | {r['uploaded_bytes_per_shard'] / 1e6:.1f} MB | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""scripts/bench_rounds.py runs end to end (--smoke: the tiny model, 2 shards x 4 steps, rounds of 2).
+
+.venv/bin/python -m pytest -q tests/scripts/test_bench_rounds.py    # ~1 min on 2 cores
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_rounds.py"), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    rows = report["rows"]
+    assert list(rows) == ["base", "one-shot", "rounds H=2 avg", "rounds H=2 nesterov", "all data"]
+    for row in rows.values():
+        assert {"eval_loss", "json_valid_rate", "task_accuracy", "uploaded_bytes_per_shard"} <= set(row)
+    assert rows["rounds H=2 avg"]["rounds"] == 2
+    # Two rounds upload two adapters per shard; the one-shot shard uploads one.
+    assert rows["rounds H=2 avg"]["uploaded_bytes_per_shard"] == 2 * rows["one-shot"]["uploaded_bytes_per_shard"]
+    assert rows["all data"]["eval_loss_vs_all_data"] == 0.0
