@@ -77,6 +77,7 @@ def test_the_run_repo_gets_a_root_card_with_the_fleet_table_after_two_shards_and
     assert card.data.eval_results and card.data.eval_results[0].metric_type == "loss"
     assert "subfolder='merged'" in card.text
     assert first["eval_loss"] is not None
+    assert json.loads(files["shard-00/adapter/adapter_config.json"])["revision"] == "main"  # PEFT records it
 
 
 def test_a_run_card_renders_without_any_shard_done():
