@@ -69,6 +69,19 @@ EVAL_GENERATIONS = "eval_generations.jsonl"
 LOSS_PLOT = "loss.png"
 TENSORBOARD = "tensorboard"  # event files, with train.report_to=tensorboard (kit/trackers.py)
 
+# ---- a run's rounds (kit/round_store.py) ----
+ROUNDS_DIR = "rounds"
+GLOBAL_DIR = "global"  # rounds/RRR/global/: the adapter every shard starts round RRR from
+ROUND_RECORD = "round.json"  # rounds/RRR/round.json: the outer step that made rounds/RRR/global/
+ROUND_SHARD_INFO = "kit_round.json"  # rounds/RRR/shard-II/: the shard's steps and examples that round
+OUTER_STATE = "outer_state.safetensors"  # rounds/RRR/: the outer optimizer's velocity after it
+
+
+def round_folder(round_: int) -> str:
+    """rounds/007 for round 7 (a path inside a run's repo or folder)."""
+    return f"{ROUNDS_DIR}/{round_:03d}"
+
+
 # ---- a merge ----
 MERGE_INFO = "merge_info.json"
 MERGE_REPORT = "merge_report.json"

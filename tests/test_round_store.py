@@ -1,0 +1,125 @@
+"""A run's rounds on its remote (kit/round_store.py): arrivals, the last shard makes the global, deadlines, races.
+
+.venv/bin/python -m pytest -q tests/test_round_store.py    # seconds; a folder remote and the local test Hub
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import torch
+from test_merge import make_adapter
+
+from kit.layout import ADAPTER_WEIGHTS, round_folder
+from kit.merge import load_adapters
+from kit.remote import FolderRemote, open_remote
+from kit.round_store import RoundStore
+from kit.rounds import load_outer_state, outer_step
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.t += seconds
+
+
+def start_round(store, tiny_model_dir, tmp_path, shards=(0, 1), round_=1):
+    """Round 0's global (the shared init) and the shards' adapters after round 1, pushed."""
+    init = make_adapter(tiny_model_dir, tmp_path / "init", r=4, alpha=8, seed=0)
+    store.push_global(0, init)
+    for shard in shards:
+        adapter = make_adapter(tiny_model_dir, tmp_path / f"s{shard}", r=4, alpha=8, seed=shard + 1)
+        store.push_shard(round_, shard, adapter, steps=5, examples=10 * (shard + 1))
+    return init
+
+
+def test_the_last_shard_to_arrive_makes_the_global_weighted_by_examples(tiny_model_dir, tmp_path):
+    store = RoundStore(FolderRemote(tmp_path / "run"), tmp_path / "work")
+    init = start_round(store, tiny_model_dir, tmp_path)
+    assert store.arrived(1) == [0, 1] and not store.has_global(1)
+    made = store.wait_for_global(1, expected=[0, 1], timeout_s=60)
+    assert store.has_global(1) and (made / ADAPTER_WEIGHTS).is_file()
+    record = json.loads((tmp_path / "run" / round_folder(1) / "round.json").read_text())
+    assert record["weights"] == [1 / 3, 2 / 3] and record["svd_error"] < 1
+    start, a, b = load_adapters([init, tmp_path / "s0", tmp_path / "s1"])
+    expected, _, _ = outer_step(start, [a, b], [10, 20])
+    (got,) = load_adapters([made])
+    for module, (ea, eb) in expected.items():
+        assert torch.allclose(got.factors[module][1] @ got.factors[module][0], eb @ ea, atol=1e-5)
+
+
+def test_a_round_closes_at_its_deadline_without_the_shard_that_never_came(tiny_model_dir, tmp_path, capsys):
+    clock = Clock()
+    store = RoundStore(FolderRemote(tmp_path / "run"), tmp_path / "work", clock=clock, sleep=clock.sleep)
+    start_round(store, tiny_model_dir, tmp_path)
+    store.wait_for_global(1, expected=[0, 1, 2], timeout_s=600, poll_s=30)
+    assert clock.t == 600  # it waited the whole deadline, polling, then closed
+    assert "closing without shard(s) 2 (round deadline)" in capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / round_folder(1) / "round.json").read_text())
+    assert len(record["weights"]) == 2
+
+
+def test_a_shard_that_is_not_last_waits_and_pulls_the_global_someone_else_made(tiny_model_dir, tmp_path):
+    clock = Clock()
+    remote = FolderRemote(tmp_path / "run")
+    maker, waiter = RoundStore(remote, tmp_path / "a"), RoundStore(remote, tmp_path / "b", clock, clock.sleep)
+    start_round(maker, tiny_model_dir, tmp_path, shards=(0,))
+    calls = []
+
+    def other_shard_arrives(seconds):  # while shard 0 waits, shard 1 arrives and makes the global
+        calls.append(seconds)
+        adapter = make_adapter(tiny_model_dir, tmp_path / "late", r=4, alpha=8, seed=9)
+        maker.push_shard(1, 1, adapter, steps=5, examples=10)
+        maker.close(1)
+
+    waiter.sleep = other_shard_arrives
+    got = waiter.wait_for_global(1, expected=[0, 1], timeout_s=600, poll_s=30)
+    assert (
+        calls == [30]
+        and (got / ADAPTER_WEIGHTS).read_bytes()
+        == (tmp_path / "a" / round_folder(1) / "global" / ADAPTER_WEIGHTS).read_bytes()
+    )
+
+
+def test_two_makers_racing_on_the_hub_produce_one_global(hub, tiny_model_dir, tmp_path):
+    repo = f"kit-tester/rounds-{uuid.uuid4().hex[:6]}"
+    remote = open_remote(f"hf://{repo}")
+    remote.ensure_exists()
+    first, second = RoundStore(remote, tmp_path / "a"), RoundStore(open_remote(f"hf://{repo}"), tmp_path / "b")
+    start_round(first, tiny_model_dir, tmp_path)
+    stale = second.remote.head()
+    first.close(1)
+    heads = iter([stale])  # the second maker looked before the first one's global landed
+    real_head = second.remote.head
+    second.remote.head = lambda: next(heads, None) or real_head()
+    got = second.close(1, outer=(0.7, 0.9))  # would make another global (Nesterov), but one is there now
+    makes = [c for c in hub.commits(repo) if c["summary"] == f"{round_folder(1)}/global: global"]
+    assert len(makes) == 1
+    assert (got / ADAPTER_WEIGHTS).read_bytes() == hub.files(repo)[f"{round_folder(1)}/global/{ADAPTER_WEIGHTS}"]
+
+
+def test_nesterov_rounds_carry_the_outer_state_from_one_round_to_the_next(tiny_model_dir, tmp_path):
+    store = RoundStore(FolderRemote(tmp_path / "run"), tmp_path / "work")
+    start_round(store, tiny_model_dir, tmp_path)
+    store.close(1, outer=(0.7, 0.9))
+    assert (tmp_path / "run" / round_folder(1) / "outer_state.safetensors").is_file()
+    for shard in (0, 1):
+        adapter = make_adapter(tiny_model_dir, tmp_path / f"r2-{shard}", r=4, alpha=8, seed=20 + shard)
+        store.push_shard(2, shard, adapter, steps=5, examples=10)
+    made = store.close(2, outer=(0.7, 0.9))
+    # The same step by hand: round 1's global and velocity, round 2's shards.
+    state = load_outer_state(tmp_path / "run" / round_folder(1) / "outer_state.safetensors")
+    start, a, b = load_adapters([tmp_path / "run" / round_folder(1) / "global", tmp_path / "r2-0", tmp_path / "r2-1"])
+    expected, _, _ = outer_step(start, [a, b], [10, 10], lr=0.7, momentum=0.9, state=state)
+    without, _, _ = outer_step(start, [a, b], [10, 10], lr=0.7, momentum=0.9, state=None)
+    (got,) = load_adapters([made])
+    module = next(iter(expected))
+    product = got.factors[module][1] @ got.factors[module][0]
+    assert torch.allclose(product, expected[module][1] @ expected[module][0], atol=1e-5)
+    assert not torch.allclose(product, without[module][1] @ without[module][0], atol=1e-5)  # the state mattered
