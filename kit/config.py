@@ -121,6 +121,16 @@ class TrainSection:
     session_hours: float = 0.0
     """Session time limit: stop cleanly (checkpoint saved, state stopped_for_time) before it; 0 = none
     (kit/budget.py)."""
+    round_steps: int = 0
+    """Fleet rounds (kit/rounds.py): every this many steps the shards meet through the run's remote and the
+    next round starts from the outer step's global adapter; 0 = one-shot shards, merged at the end."""
+    round_timeout_minutes: float = 60.0
+    """How long a shard that finished a round waits for the others; then the round closes without them
+    (they join the next round from its global)."""
+    outer_lr: float = 1.0
+    """The outer step's learning rate: 1 with outer_momentum 0 is plain averaging; DiLoCo uses 0.7 with 0.9."""
+    outer_momentum: float = 0.0
+    """The outer step's Nesterov momentum (0 = none)."""
     logging_steps: int = 1
     report_to: str = "none"
     """Experiment trackers: none | trackio | tensorboard | wandb, or several ("trackio,tensorboard");
@@ -294,6 +304,15 @@ def validate(cfg: RunConfig) -> list[str]:
         report_targets(t.report_to)
     except ValueError as e:
         errors.append(f"train.report_to={t.report_to!r}: unknown tracker {e}")
+    if t.round_steps < 0 or (t.round_steps and t.max_steps % t.round_steps):
+        errors.append(
+            f"train.round_steps={t.round_steps}: must be 0 (no rounds) or divide train.max_steps={t.max_steps}"
+        )
+    if t.outer_lr <= 0 or not 0 <= t.outer_momentum < 1 or t.round_timeout_minutes <= 0:
+        errors.append(
+            f"train.outer_lr={t.outer_lr}, train.outer_momentum={t.outer_momentum}, train.round_timeout_minutes="
+            f"{t.round_timeout_minutes}: the lr and the timeout must be positive, the momentum in [0, 1)"
+        )
     if t.heartbeat_minutes <= 0:
         errors.append(f"train.heartbeat_minutes={t.heartbeat_minutes}: must be positive (5 is the default)")
     if t.session_hours < 0:

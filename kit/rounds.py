@@ -172,13 +172,28 @@ class RoundBoundary(TrainerCallback):
 class RoundStart(TrainerCallback):
     """When a round's `train()` begins (after the Trainer restored the shard's checkpoint), set the
     LoRA weights to the round's global adapter, in place, so the optimizer keeps its state for them;
-    `reset_optimizer` drops that state instead (the ablation: DiLoCo keeps it)."""
+    `reset_optimizer` drops that state instead (the ablation: DiLoCo keeps it).
 
-    def __init__(self, global_dir: str | Path | None, reset_optimizer: bool = False):
+    With `round_steps`, only at a round's first step: a shard resumed mid-round (its session ended
+    there) continues its own checkpoint's weights, exactly as an uninterrupted round would. With
+    `save_init`, the very first start (step 0) saves the LoRA init there: round 0's global."""
+
+    def __init__(
+        self,
+        global_dir: str | Path | None,
+        reset_optimizer: bool = False,
+        round_steps: int | None = None,
+        save_init: str | Path | None = None,
+    ):
         self.global_dir = Path(global_dir) if global_dir else None
-        self.reset_optimizer = reset_optimizer
+        self.reset_optimizer, self.round_steps = reset_optimizer, round_steps
+        self.save_init = Path(save_init) if save_init else None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.save_init is not None and state.global_step == 0:
+            model.save_pretrained(self.save_init)
+        if self.round_steps and state.global_step % self.round_steps:
+            return  # mid-round: the checkpoint's own weights and optimizer state
         if self.global_dir is not None:
             load_global_into(model, self.global_dir)
         if self.reset_optimizer and optimizer is not None:

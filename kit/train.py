@@ -66,7 +66,10 @@ from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
 from kit.platform import check_platform_packages, quantization_in_effect, resolve_platform
 from kit.progress import ProgressBar
-from kit.sync import open_shard_sync
+from kit.remote import FolderRemote
+from kit.round_store import RoundStore
+from kit.rounds import RoundBoundary, RoundStart
+from kit.sync import ShardSync, open_shard_sync
 from kit.trackers import TrackerNames, check_tracker_packages, tracker_arguments, tracker_callbacks, tracker_names
 from kit.wheel import kit_version
 
@@ -187,7 +190,13 @@ def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbac
         + (f"resuming from {resume.name}" if resume else "starting")
     )
     run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks, tracker_names(output, shard))
-    trainer, result = run.train(resume)
+    if cfg.train.round_steps and world_size() > 1:
+        raise KitError("train.round_steps runs one process per shard for now: set train.round_steps=0 under torchrun")
+    if cfg.train.round_steps:  # fleet rounds: the shards meet through the run's remote every round_steps
+        remote = sync.remote if isinstance(sync, ShardSync) else FolderRemote(output)
+        trainer, result = run.train_rounds(resume, RoundStore(remote, paths.dir / ".rounds"))
+    else:
+        trainer, result = run.train(resume)
     sync.check_lease()  # taken over while training: raise, push nothing more
     if run.stopped_for_time:
         return run.stop_for_time(trainer) if main else {}
@@ -252,6 +261,7 @@ class ShardData:
     sha256: str  # the shard file's, from the split's manifest: which data this is
     prompt_recipe: str  # how to prompt the adapter (kit/data/prompts.py), for the log and the model cards
     eval_tokens: int = 0  # what the final eval loss pass reads: the session budget reserves its time
+    num_shards: int = 1  # the split's: the shards a round waits for (train.round_steps)
 
 
 def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardData:
@@ -277,8 +287,11 @@ def load_shard_data(cfg: RunConfig, data_dir: str | Path, shard: int) -> ShardDa
     recipe = prompt_recipe(tokenizer, [to_messages(r) for r in eval_records])
     if not recipe["matches"]:  # once per run: the adapter is prompted otherwise than the template's default
         print0(f"note: {recipe['recipe']}")
-    sha256 = read_manifest(data_dir)["files"][shard_file(shard)]["sha256"]
-    return ShardData(dataset, stats, eval_records, tokenizer, sha256, recipe["recipe"], eval_tokens)
+    manifest = read_manifest(data_dir)
+    sha256 = manifest["files"][shard_file(shard)]["sha256"]
+    return ShardData(
+        dataset, stats, eval_records, tokenizer, sha256, recipe["recipe"], eval_tokens, int(manifest["num_shards"])
+    )
 
 
 PROBE_TOKENS = 8
@@ -408,6 +421,8 @@ class ShardRun:
         self.cfg, self.paths, self.data, self.status, self.sync = cfg, paths, data, status, sync
         self.started, self.main, self.extra = started, main, list(callbacks)
         self.identity, self.trackers = identity, trackers
+        self.round_global: Path | None = None  # train.round_steps: the global this round starts from
+        self.round_init: Path | None = None  # where round 1's first start saves the LoRA init (round 0's global)
         self.budget = None
         if cfg.train.session_hours > 0:
             e = cfg.eval
@@ -434,8 +449,13 @@ class ShardRun:
     def callbacks(self) -> list:
         budget = self.budget
         seconds_left = (lambda: budget.deadline - budget.clock() - budget.margin_s()) if budget else None
+        rounds = []
+        if self.cfg.train.round_steps:
+            h = self.cfg.train.round_steps
+            rounds = [RoundStart(self.round_global, round_steps=h, save_init=self.round_init), RoundBoundary(h)]
         return [
             *([budget] if budget else []),
+            *rounds,  # the boundary's save is a save like any: marked, stamped and pushed by what follows
             IdentityStamp(self.identity),
             *self.extra,
             *self.sync_callbacks,
@@ -462,6 +482,44 @@ class ShardRun:
             if self.main:
                 self.status.update(state="failed", error=f"{type(e).__name__}: {e}"[:500])
             raise
+
+    def train_rounds(self, resume: Path | None, store: RoundStore):
+        """train.round_steps: train one round at a time, from the round's global (kit/rounds.py), push this
+        shard's round adapter, wait for (or make) the next global; the last round returns like train()."""
+        t, h = self.cfg.train, self.cfg.train.round_steps
+        while True:
+            step = checkpoint_step(resume) if resume else 0
+            round_ = step // h + 1
+            if round_ > 1 and step % h == 0 and not store.has_global(round_ - 1):
+                self.wait_for_round(store, round_ - 1)  # an earlier session ended while it waited
+            self.round_global = store.pull_global(round_ - 1) if round_ > 1 and step % h == 0 else None
+            self.round_init = self.paths.dir / ".round-init" if step == 0 else None
+            if self.main:
+                self.status.update(round=round_, waiting_for=None)
+            trainer, result = self.train(resume)
+            end = trainer.state.global_step
+            if self.main and self.round_init is not None and not store.has_global(0):
+                store.push_global(0, self.round_init)  # every shard has this init (lora.init_seed): any pushes it
+            if self.main and end % h == 0 and end > step:
+                adapter = self.paths.dir / ".round-adapter"
+                trainer.model.save_pretrained(adapter)
+                store.push_shard(end // h, self.paths.shard, adapter, steps=end - step, examples=len(self.data.dataset))
+            if end >= t.max_steps and self.main:
+                # The last round: whoever arrives last makes the fleet's final global (or the merge notebook does).
+                if set(range(self.data.num_shards)) <= set(store.arrived(end // h)):
+                    store.close(end // h, (t.outer_lr, t.outer_momentum))
+            if self.stopped_for_time or end >= t.max_steps:
+                return trainer, result
+            self.wait_for_round(store, end // h)
+            resume = latest_complete_checkpoint(self.paths.dir)
+
+    def wait_for_round(self, store: RoundStore, round_: int) -> Path:
+        t = self.cfg.train
+        if self.main:
+            self.status.update(waiting_for=f"round {round_}'s global adapter")
+        timeout = t.round_timeout_minutes * 60
+        outer = (t.outer_lr, t.outer_momentum)
+        return store.wait_for_global(round_, list(range(self.data.num_shards)), timeout, outer, min(30.0, timeout / 10))
 
     def stop_for_time(self, trainer) -> dict:
         """The budget stopped the run with a checkpoint: push it, record partial metrics, leave the shard not done."""
