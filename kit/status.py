@@ -146,6 +146,8 @@ def shard_row(
         "action": restart_action(dest, shard, resume) if state in NEEDS_RESTART else None,
         "loss_history": status.get("loss_history", []),
         "kit_version": (metrics or {}).get("kit_version") or status.get("kit_version"),
+        "round": status.get("round"),  # train.round_steps: the round it trains, and what it waits for
+        "waiting_for": status.get("waiting_for") if state == "running" else None,
     }
     if status.get("error"):
         row["error"] = status["error"]
@@ -264,6 +266,10 @@ def format_fleet(fleet: dict) -> str:
         lines.append(f"(no shard-II/ folders in {fleet['dest']} yet)")
     lines.append("")
     lines.append(totals_line(fleet["totals"]))
+    for row in fleet["shards"]:
+        if row.get("round") is not None and row["state"] not in ("done",):
+            waiting = f", waiting for {row['waiting_for']}" if row.get("waiting_for") else ""
+            lines.append(f"shard {row['shard']}: round {row['round']}{waiting}")
     for row in fleet["shards"]:
         if row["action"]:
             error = f" (last error: {row['error'][:160]})" if row.get("error") else ""

@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from disconnect import Disconnect, DisconnectAfterStep
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = ["train.max_steps=4", "train.save_steps=2", "train.round_steps=2", "eval.generate_samples=1"]
 ROUNDS += ["eval.max_new_tokens=4"]
@@ -48,3 +51,37 @@ def test_a_round_closes_at_its_deadline_when_a_shard_never_comes(small_split, tm
     assert "rounds/001: closing without shard(s) 1 (round deadline)" in log
     record = json.loads((tmp_path / "run" / "rounds" / "001" / "round.json").read_text())
     assert record["shards"] == ["shard-00"] and record["weights"] == [1.0]
+
+
+def test_a_shard_killed_mid_round_resumes_its_round_exactly(small_split, tmp_path):
+    from safetensors.torch import load_file
+
+    from kit.config import load_config
+    from kit.train import train_shard
+
+    # Shard 0 alone (its partner's rounds close at a 3 s deadline); a checkpoint every step.
+    cfg = load_config("cpu-tiny", [*ROUNDS, "train.max_steps=6", "train.save_steps=1", "train.round_steps=3",
+                                   "train.round_timeout_minutes=0.05"])  # fmt: skip
+    train_shard(cfg, small_split, 0, tmp_path / "whole")
+    with pytest.raises(Disconnect, match="after step 5"):
+        train_shard(cfg, small_split, 0, tmp_path / "cut", callbacks=[DisconnectAfterStep(5)])  # in round 2
+    resumed = train_shard(cfg, small_split, 0, tmp_path / "cut")
+    assert resumed["resumed_from_step"] == 4  # mid-round: its own checkpoint, not round 1's global
+    a, b = (
+        load_file(str(tmp_path / run / "shard-00" / "adapter" / "adapter_model.safetensors"))
+        for run in ("whole", "cut")
+    )
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_the_fleet_status_shows_the_round_each_shard_is_in_and_what_it_waits_for():
+    from datetime import datetime, timezone
+
+    from kit.status import fleet_totals, format_fleet, shard_row
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    status = {"state": "running", "step": 4, "max_steps": 6, "updated_at": now.isoformat(), "round": 2,
+              "waiting_for": "round 1's global adapter"}  # fmt: skip
+    rows = [shard_row("hf://me/run", 0, status, None, 4, now)]
+    fleet = {"dest": "hf://me/run", "now": now.isoformat(), "shards": rows, "totals": fleet_totals(rows)}
+    assert "shard 0: round 2, waiting for round 1's global adapter" in format_fleet(fleet)

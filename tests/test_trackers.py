@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from disconnect import Disconnect as Crash
+from disconnect import DisconnectAfterStep as CrashAfterStep
 from hub_env import FAKE_TOKEN
-from transformers import TrainerCallback
 
 from kit.config import load_config, report_targets
 from kit.errors import ConfigError
@@ -26,19 +27,6 @@ from kit.train import train_shard
 
 OVERRIDES = ["train.max_steps=4", "train.save_steps=2", "eval.generate_samples=1", "eval.max_new_tokens=4"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAfterStep(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Crash(f"simulated disconnect after step {self.step}")
 
 
 def scalar_steps(logdir: Path, tag: str) -> list[int]:

@@ -11,6 +11,8 @@ import json
 
 import pytest
 import torch
+from disconnect import Disconnect as Crash
+from disconnect import DisconnectAfterStep as CrashAtStep
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -18,21 +20,6 @@ from kit.config import load_config
 from kit.train import train_shard
 
 OVERRIDES = ["train.max_steps=6", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAtStep(TrainerCallback):
-    """Raises at the end of a step, as a disconnect would end the process there."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Crash(f"simulated disconnect at step {self.step}")
 
 
 def adapter_weights(run, shard=0):
