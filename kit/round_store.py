@@ -12,9 +12,10 @@ Layout (kit/layout.py):
     rounds/RRR/outer_state.safetensors the outer optimizer's velocity after round RRR (Nesterov)
     rounds/RRR/round.json              which shards, their weights, the SVD error: the record
 
-Whoever sees every expected shard arrive first makes the global (any account, or the
-merge notebook); after `timeout_s` a round closes with the shards that arrived, and a
-missing shard joins the next round from its global. The global, its state and its
+Whoever sees every expected shard arrive first makes the global (any account). The
+expected shards are the live ones (`live_shards`: a live lease, kit/lease.py), so a
+shard that died or never started is not waited for; after `timeout_s` a round closes
+with the shards that arrived, and a late shard continues from that round's global. The global, its state and its
 record land in one commit whose `parent_commit` is the head the maker looked at, and
 only if no global is there yet: two makers racing produce one global, and the loser
 uses it.
@@ -37,6 +38,7 @@ from kit.layout import (
     OUTER_STATE,
     ROUND_RECORD,
     ROUND_SHARD_INFO,
+    ShardPaths,
     round_folder,
     shard_index,
     shard_name,
@@ -70,6 +72,24 @@ class RoundStore:
     def has_global(self, round_: int, listing: list[str] | None = None) -> bool:
         listing = self.remote.list_files(f"{self.global_path(round_)}/") if listing is None else listing
         return f"{self.global_path(round_)}/{ADAPTER_WEIGHTS}" in listing
+
+    def live_shards(self, num_shards: int, me: int, now: float | None = None) -> list[int]:
+        """The shards a round waits for: those whose lease (kit/lease.py) is live, and this one. A run with
+        no lease at all (a local folder trained in place) waits for every shard of the split."""
+        from kit.lease import LeaseRecord
+
+        now = time.time() if now is None else now
+        leases = {}
+        for shard in range(num_shards):
+            try:
+                data = self.remote.read_json(str(ShardPaths.in_repo(shard).lease))
+            except ValueError:
+                data = None
+            if data is not None:
+                leases[shard] = LeaseRecord.parse(data)
+        if not leases:
+            return list(range(num_shards))
+        return sorted({me} | {s for s, lease in leases.items() if lease is not None and lease.live(now)})
 
     # ---- writing ----
     def push_global(self, round_: int, adapter_dir: Path, extra: dict | None = None, parent_commit=None) -> None:

@@ -519,7 +519,8 @@ class ShardRun:
             self.status.update(waiting_for=f"round {round_}'s global adapter")
         timeout = t.round_timeout_minutes * 60
         outer = (t.outer_lr, t.outer_momentum)
-        return store.wait_for_global(round_, list(range(self.data.num_shards)), timeout, outer, min(30.0, timeout / 10))
+        expected = store.live_shards(self.data.num_shards, self.paths.shard)
+        return store.wait_for_global(round_, expected, timeout, outer, min(30.0, timeout / 10))
 
     def stop_for_time(self, trainer) -> dict:
         """The budget stopped the run with a checkpoint: push it, record partial metrics, leave the shard not done."""

@@ -123,3 +123,15 @@ def test_nesterov_rounds_carry_the_outer_state_from_one_round_to_the_next(tiny_m
     product = got.factors[module][1] @ got.factors[module][0]
     assert torch.allclose(product, expected[module][1] @ expected[module][0], atol=1e-5)
     assert not torch.allclose(product, without[module][1] @ without[module][0], atol=1e-5)  # the state mattered
+
+
+def test_a_round_waits_for_the_shards_with_a_live_lease_and_every_shard_of_a_run_without_leases(tmp_path):
+    from kit.lease import ShardLease
+
+    remote = FolderRemote(tmp_path / "run")
+    store = RoundStore(remote, tmp_path / "work")
+    assert store.live_shards(4, me=0) == [0, 1, 2, 3]  # no lease anywhere: a local run, all of them
+    now = 1_780_000_000.0
+    for shard, age in ((1, 60), (2, 3600)):  # shard 1 beat a minute ago, shard 2 an hour ago (dead)
+        ShardLease(remote, shard, 300, clock=lambda age=age: now - age, runtime="kaggle").acquire()
+    assert store.live_shards(4, me=0, now=now) == [0, 1]  # shard 3 never started: not waited for
