@@ -24,8 +24,10 @@ a round exactly); its truncation error is recorded.
 
 The next global must be a rank-r LoRA adapter again, so the shards can train it:
 dW_next is brought to rank r by truncated SVD (kit/merge.py's svd_factors: QR of the
-factors, the SVD of a small core), and stored with the shards' own scaling s
-(B / s), so a shard trains it with the same lora_alpha and learning rate as before.
+factors, the SVD of a small core), its A rescaled to the scale of the round's start
+(`rescale_like`: small factors on both sides would train the next round slowly), and
+stored with the shards' own scaling s (B / s), so a shard trains it with the same
+lora_alpha and learning rate as before.
 
 Why SVD and not factor averaging (A = mean A_i, B = mean B_i): factor averaging is not
 the average of the updates (cross terms B_i A_j), and its error is not bounded by
@@ -111,6 +113,7 @@ def outer_step(
     rank = start.rank
     next_factors, stats = svd_factors(exact_next, rank)
     record["svd_error"] = relative_errors(next_factors, exact_next)["overall"]
+    next_factors = rescale_like(next_factors, start.factors)
     record["retained_energy_min"] = min(s["retained_energy"] for s in stats.values())
     if lr == 1.0 and not momentum:  # what averaging the factors instead would have given, for the record
         averaged = {
@@ -121,6 +124,23 @@ def outer_step(
         record["factor_average_error"] = relative_errors(averaged, exact_next)["overall"]
     s = start.scaling
     return {m: (a, b / s) for m, (a, b) in next_factors.items()}, velocity, record
+
+
+def rescale_like(factors: Factors, like: Factors) -> Factors:
+    """The same B @ A with each A's rows at the RMS row norm of `like`'s A (the round's start).
+
+    svd_factors splits sqrt(S) between B and A; after a round dW is small, so both factors would
+    be small, and LoRA's gradients (dL/dB ~ A, dL/dA ~ B) would then train the next round far
+    slower than the first: measured in scripts/bench_rounds.py, 0.187 eval loss against 0.095
+    for the one-shot merge. Keeping A at its init's scale (B takes the rest) trains like round 1."""
+    out = {}
+    for module, (a, b) in factors.items():
+        target = like[module][0].float().norm() / max(like[module][0].shape[0], 1) ** 0.5
+        norms = a.norm(dim=1)
+        scale = torch.where(norms > 0, target / norms.clamp_min(1e-30), torch.zeros_like(norms))
+        keep = norms > 0
+        out[module] = (a * scale[:, None], torch.where(keep[None, :], b / scale.clamp_min(1e-30)[None, :], 0.0))
+    return out
 
 
 def save_global(factors: Factors, start: Adapter, out: str | Path) -> None:

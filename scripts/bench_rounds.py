@@ -161,6 +161,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--fresh-opt", action="store_true", help="also run each H with the inner optimizer reset")
     parser.add_argument("--examples", type=int, default=3000)
     parser.add_argument("--smoke", action="store_true", help="cpu-tiny, 2 shards x 4 steps, H=2: seconds")
+    parser.add_argument("--rows", default="base,one-shot,rounds,all data", help="which rows to run (comma-separated)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     overrides = ["eval.max_new_tokens=96"]
@@ -178,7 +179,11 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         cfg, tokenizer, datasets, eval_records, demo = prepare(args.preset, overrides, args.shards, args.examples, work)
 
+        wanted = {r.strip() for r in args.rows.split(",")}
+
         def timed(label, fn):
+            if label not in wanted and label.split(" ")[0] not in wanted:
+                return
             t0 = time.monotonic()
             adapter, uploaded, extra = fn()
             row = score(cfg, tokenizer, eval_records, demo, adapter)
@@ -235,9 +240,9 @@ def main(argv=None) -> dict:
         "seconds": round(time.monotonic() - began, 1),
         "rows": rows,
     }
-    reference = rows["all data"]["eval_loss"]
+    reference = rows.get("all data", {}).get("eval_loss")
     for row in rows.values():
-        row["eval_loss_vs_all_data"] = round(row["eval_loss"] / reference - 1, 4)
+        row["eval_loss_vs_all_data"] = round(row["eval_loss"] / reference - 1, 4) if reference else None
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -252,7 +257,9 @@ def table(report: dict) -> str:
     ]
     for label, r in report["rows"].items():
         lines.append(
-            f"| {label} | {r['eval_loss']:.4f} | {r['eval_loss_vs_all_data']:+.1%} | {r['json_valid_rate']:.0%} | "
+            f"| {label} | {r['eval_loss']:.4f} | "
+            + ("—" if r["eval_loss_vs_all_data"] is None else f"{r['eval_loss_vs_all_data']:+.1%}")
+            + f" | {r['json_valid_rate']:.0%} | "
             f"{r['task_accuracy']:.0%} | {r['uploaded_bytes_per_shard'] / 1e6:.1f} MB | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)

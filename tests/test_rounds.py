@@ -153,3 +153,16 @@ def test_a_round_resumes_the_shards_checkpoint_and_starts_from_the_global_adapte
     assert probe.weights.keys() == expected.keys()
     assert all(torch.equal(probe.weights[k], expected[k]) for k in expected), "round 2 starts from the global"
     assert probe.optimizer_state == (0 if reset else len(expected))  # AdamW's moments, kept or dropped
+
+
+def test_the_next_globals_a_keeps_the_start_scale_so_the_next_round_trains_like_the_first():
+    start, shards = adapter("global", 0), [adapter(f"shard-0{i}", i + 1) for i in range(2)]
+    shards = [Adapter(s.name, None, s.config, {m: (a, 1e-3 * b) for m, (a, b) in s.factors.items()}) for s in shards]
+    new, _, _ = outer_step(start, shards)  # a small round: dW ~ 1e-3, as after a few steps from B = 0
+    for m, (a, _) in new.items():
+        start_rms = start.factors[m][0].norm() / R**0.5
+        assert torch.allclose(a.norm(dim=1), torch.full((R,), float(start_rms)), rtol=1e-4)  # not sqrt(sigma)
+    mean = {m: sum(dense(s.factors, 2.0)[m] for s in shards) / 2 for m in SHAPES}
+    for m in SHAPES:
+        u, s, vh = torch.linalg.svd(mean[m])
+        assert torch.allclose(2.0 * new[m][1].double() @ new[m][0].double(), (u[:, :R] * s[:R]) @ vh[:R], atol=1e-8)
