@@ -80,6 +80,27 @@ def updates(adapter: Adapter) -> Factors:
     return {m: (a.float(), adapter.scaling * b.float()) for m, (a, b) in adapter.factors.items()}
 
 
+def factor_outer_step(start, shards, w, lr, momentum, state) -> tuple[Factors, Factors | None, dict]:
+    """The outer step on the LoRA parameters themselves (A and B, DiLoCo's own setting): the next global
+    keeps the shards' coordinates, so each shard's AdamW moments still fit it. Its error against the
+    exact mean of the updates (the cross terms of the shards' changes) is measured and recorded."""
+    new, velocity = {}, {}
+    for module, (a0, b0) in start.factors.items():
+        a0, b0 = a0.float(), b0.float()
+        delta_a = sum(wi * s.factors[module][0].float() for s, wi in zip(shards, w)) - a0
+        delta_b = sum(wi * s.factors[module][1].float() for s, wi in zip(shards, w)) - b0
+        if momentum:
+            v_a, v_b = state[module] if state else (torch.zeros_like(a0), torch.zeros_like(b0))
+            v_a, v_b = momentum * v_a + delta_a, momentum * v_b + delta_b
+            velocity[module] = (v_a, v_b)
+            delta_a, delta_b = delta_a + momentum * v_a, delta_b + momentum * v_b
+        new[module] = (a0 + lr * delta_a, b0 + lr * delta_b)
+    exact = concat_factors(shards, w)
+    approx = {m: (a, start.scaling * b) for m, (a, b) in new.items()}
+    record = {"space": "factors", "factor_error": relative_errors(approx, exact)["overall"], "svd_error": 0.0}
+    return new, velocity or None, record
+
+
 def outer_step(
     start: Adapter,
     shards: list[Adapter],
@@ -88,12 +109,23 @@ def outer_step(
     momentum: float = 0.0,
     state: Factors | None = None,
     state_rank: int | None = None,
+    space: str = "svd",
 ) -> tuple[Factors, Factors | None, dict]:
-    """(the next global's factors as (A, B) with B scaled for the shards' scaling, the new velocity, a record)."""
+    """(the next global's factors as (A, B) with B scaled for the shards' scaling, the new velocity, a record).
+
+    space="svd": exact in dW space, back to rank r by SVD (the module docstring); space="factors": on A
+    and B themselves (factor_outer_step), which keeps the shards' coordinates for their optimizer state."""
     if not shards:
         raise ValueError("a round needs at least one shard's adapter")
     total = sum(weights) if weights else len(shards)
     w = [x / total for x in weights] if weights else [1.0 / len(shards)] * len(shards)
+    if space == "factors":
+        new, velocity, record = factor_outer_step(start, shards, w, lr, momentum, state)
+        return (
+            new,
+            velocity,
+            {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum, **record},
+        )
     g = updates(start)
     mean = concat_factors(shards, w)  # sum_i w_i s_i B_i A_i, exact
     delta = _concat(mean, _scale(g, -1.0))  # the round's change, exact

@@ -43,7 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-OUTERS = {"avg": (1.0, 0.0), "nesterov": (0.7, 0.9)}
+OUTERS = {  # name: (outer lr, momentum, space: kit/rounds.py's outer_step)
+    "avg": (1.0, 0.0, "svd"),
+    "nesterov": (0.7, 0.9, "svd"),
+    "avg-factors": (1.0, 0.0, "factors"),
+    "nesterov-factors": (0.7, 0.9, "factors"),
+}
 
 
 def load_demo():
@@ -105,7 +110,7 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
     from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global
     from kit.train import build_trainer
 
-    lr, momentum = OUTERS[outer]
+    lr, momentum, space = OUTERS[outer]
     shard_cfg = with_steps(cfg, steps)
     global_dir = out / "rounds" / "000" / "global"
     add_lora(load_base_model(cfg), cfg).save_pretrained(global_dir)  # round 0: the shared LoRA init
@@ -124,7 +129,13 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
             uploaded[i] += (sources[-1] / ADAPTER_WEIGHTS).stat().st_size
         start_adapter, *shard_adapters = load_adapters([global_dir, *sources])
         new, state, record = outer_step(
-            start_adapter, shard_adapters, [len(d) for d in datasets], lr=lr, momentum=momentum, state=state
+            start_adapter,
+            shard_adapters,
+            [len(d) for d in datasets],
+            lr=lr,
+            momentum=momentum,
+            state=state,
+            space=space,
         )
         global_dir = round_dir / "global"
         save_global(new, start_adapter, global_dir)

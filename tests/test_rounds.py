@@ -166,3 +166,21 @@ def test_the_next_globals_a_keeps_the_start_scale_so_the_next_round_trains_like_
     for m in SHAPES:
         u, s, vh = torch.linalg.svd(mean[m])
         assert torch.allclose(2.0 * new[m][1].double() @ new[m][0].double(), (u[:, :R] * s[:R]) @ vh[:R], atol=1e-8)
+
+
+def test_the_factor_space_step_is_dilocos_nesterov_on_a_and_b_with_its_error_against_the_exact_mean():
+    start = adapter("global", 0)
+    params = [torch.nn.Parameter(t.clone()) for m in SHAPES for t in start.factors[m]]
+    sgd = torch.optim.SGD(params, lr=0.7, momentum=0.9, nesterov=True)
+    state, current = None, start
+    for round_ in range(2):
+        shards = [adapter(f"s{i}", 30 + 10 * round_ + i) for i in range(2)]
+        new, state, record = outer_step(current, shards, lr=0.7, momentum=0.9, state=state, space="factors")
+        sgd.zero_grad()
+        for p, (m, k) in zip(params, [(m, k) for m in SHAPES for k in (0, 1)]):
+            p.grad = -(sum(s.factors[m][k] for s in shards) / 2 - p.detach())
+        sgd.step()
+        got = [t for m in SHAPES for t in new[m]]
+        assert all(torch.allclose(g, p.detach(), atol=1e-5) for g, p in zip(got, params))
+        assert record["space"] == "factors" and record["factor_error"] > 0  # the cross terms, measured
+        current = Adapter("global", None, start.config, new)
