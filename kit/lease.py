@@ -54,12 +54,18 @@ def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
-def epoch(value) -> float | None:
+def parse_time(value) -> datetime | None:
+    """An ISO time as status.json and lease.json write it (UTC when it names no zone); None if it isn't one."""
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def epoch(value) -> float | None:
+    parsed = parse_time(value)
+    return None if parsed is None else parsed.timestamp()
 
 
 @dataclass

@@ -43,9 +43,8 @@ from kit.layout import (
     shard_index,
     shard_name,
 )
+from kit.lease import CONFLICT_TRIES
 from kit.remote import Remote, is_conflict
-
-CONFLICT_TRIES = 8
 
 
 class RoundStore:

@@ -40,21 +40,13 @@ from pathlib import Path
 from kit.display import figure_png, format_duration, frontend, optional_package, plot_loss_curves, show_png
 from kit.errors import RemoteError, ShardError
 from kit.layout import COMPLETE_MARKER, MANIFEST, ShardPaths, parse_repo_path
-from kit.lease import STALE_BEATS
+from kit.lease import STALE_BEATS, parse_time
 from kit.remote import is_hub, open_remote
 from kit.tables import text_table
 
 STALE_AFTER_S = 15 * 60
 """Silence after which a shard that pushes no heartbeat is stale; one with a heartbeat: STALE_BEATS missed beats."""
 NEEDS_RESTART = ("stale", "stopped_for_time", "failed", "not_started", "damaged")
-
-
-def _parse_time(value) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def expected_shards(data: str | Path | None) -> list[int] | None:
@@ -112,7 +104,7 @@ def shard_row(
 ) -> dict:
     """One table row; `status`/`metrics` are the shard's JSON files (None when absent)."""
     status = status or {}
-    heard = [t for t in (_parse_time(status.get(k)) for k in ("updated_at", "heartbeat_at") if status.get(k)) if t]
+    heard = [t for t in (parse_time(status.get(k)) for k in ("updated_at", "heartbeat_at") if status.get(k)) if t]
     updated = max(heard) if heard else None  # the newest sign of life: a log line or a heartbeat
     age = (now - updated).total_seconds() if updated else None
     state = status.get("state") or "not_started"
