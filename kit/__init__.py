@@ -45,6 +45,7 @@ _PUBLIC = {
     "load_schema": "kit.compare",
     "format_scores": "kit.compare",
     "plot_comparison": "kit.compare",
+    "close_round": "kit.round_store",
     "KitError": "kit.errors",
     "show_errors_first": "kit.errors",
 }

@@ -129,6 +129,21 @@ class SessionBudget(TrainerCallback):
     def margin_s(self) -> float:
         return (self.step_s() or 0.0) + self.save_s + self.safety_s + self.reserve_s()
 
+    def seconds_left(self) -> float:
+        """Seconds until the stop: the session's end less one step, one save, the safety and the reserve."""
+        return self.deadline - self.clock() - self.margin_s()
+
+    def stop_waiting(self, what: str, step: int) -> None:
+        """The session ends while the shard waits (a round's global: kit/round_store.py), not training:
+        stopped for time like a stop between steps; the checkpoint at `step` is already saved."""
+        self.stopped = True
+        if self.verbose:
+            print(
+                f"budget: {max(self.deadline - self.clock(), 0):.0f} s left of the session and still waiting for "
+                f"{what}: stopping at {checkpoint_name(step)} (Run all again in a new session to continue)",
+                flush=True,
+            )
+
     def report(self) -> dict:
         """What status.json and the metrics record: the plan made after warm-up and what actually happened."""
         now = self.clock()

@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--json", action="store_true", help="print {'shards': [...], 'totals': {...}} as JSON")
 
+    cr = sub.add_parser(
+        "close-round",
+        help="fleet rounds (train.round_steps): make an open round's global from the shard adapters that arrived",
+    )
+    cr.add_argument("run", help="the run: the --output of `kit train` (a folder or hf://USER/REPO)")
+    cr.add_argument("--round", type=int, help="which round (default: the newest with shard adapters and no global)")
+
     pl = sub.add_parser("plan", help="print the resolved config without training")
     pl.add_argument("--preset", required=True)
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -237,6 +244,10 @@ def _run(args) -> int:
         stale_after = None if args.stale_after is None else args.stale_after * 60
         fleet = read_fleet(args.dest, args.data, stale_after=stale_after)
         print(json.dumps(fleet, indent=2) if args.json else format_fleet(fleet))
+    elif args.command == "close-round":
+        from kit.round_store import close_round
+
+        close_round(args.run, args.round)
     elif args.command == "plan":
         import contextlib
 

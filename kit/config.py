@@ -30,6 +30,7 @@ PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 PRECISIONS = ("auto", *PRECISION_DTYPE)
 QUANTIZATIONS = ("auto", "nf4", "none")
 TURNS = ("all", "last", "split")  # data.turns (kit/data/tokenize.py)
+OUTER_SPACES = ("svd", "factors")  # train.outer_space: where kit/rounds.py's outer step runs
 TRACKERS = ("trackio", "tensorboard", "wandb")  # train.report_to (kit/trackers.py)
 # Older spellings, refused with the one key that replaced them (one spelling per knob).
 RENAMED = {
@@ -131,6 +132,10 @@ class TrainSection:
     """The outer step's learning rate: 1 with outer_momentum 0 is plain averaging; DiLoCo uses 0.7 with 0.9."""
     outer_momentum: float = 0.0
     """The outer step's Nesterov momentum (0 = none)."""
+    outer_space: str = "factors"
+    """Where the outer step runs (kit/rounds.py): "factors" (on A and B themselves: the shards' coordinates,
+    and so their optimizer state, kept; its error against the exact mean recorded) or "svd" (exact in dW
+    space, back to rank r by SVD; measured worse: the new basis rotates under the optimizer state)."""
     logging_steps: int = 1
     report_to: str = "none"
     """Experiment trackers: none | trackio | tensorboard | wandb, or several ("trackio,tensorboard");
@@ -297,6 +302,7 @@ def validate(cfg: RunConfig) -> list[str]:
         ("train.precision", t.precision, PRECISIONS),
         ("model.quantize", cfg.model.quantize, QUANTIZATIONS),
         ("data.turns", cfg.data.turns, TURNS),
+        ("train.outer_space", t.outer_space, OUTER_SPACES),
     ):
         if value not in allowed:
             errors.append(f"{key}={value!r}: use one of {', '.join(allowed)}")

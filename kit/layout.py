@@ -75,6 +75,7 @@ GLOBAL_DIR = "global"  # rounds/RRR/global/: the adapter every shard starts roun
 ROUND_RECORD = "round.json"  # rounds/RRR/round.json: the outer step that made rounds/RRR/global/
 ROUND_SHARD_INFO = "kit_round.json"  # rounds/RRR/shard-II/: the shard's steps and examples that round
 OUTER_STATE = "outer_state.safetensors"  # rounds/RRR/: the outer optimizer's velocity after it
+ROUND_MARK = "kit_round.json"  # checkpoint-N/: the fleet round it belongs to (a shard that skipped rounds)
 
 
 def round_folder(round_: int) -> str:

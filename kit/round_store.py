@@ -2,7 +2,7 @@
 
     store = RoundStore(remote, work_dir)
     store.push_shard(1, shard=3, adapter_dir=..., steps=5, examples=40)   # shard 3 ends round 1
-    global_dir = store.wait_for_global(1, expected=[0, 1, 2, 3], timeout_s=1800, outer=(0.7, 0.9))
+    global_dir = store.wait_for_global(1, expected=[0, 1, 2, 3], timeout_s=1800, outer=Outer(0.7, 0.9))
 
 Layout (kit/layout.py):
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from kit.errors import RemoteError
@@ -45,6 +46,7 @@ from kit.layout import (
 )
 from kit.lease import CONFLICT_TRIES
 from kit.remote import Remote, is_conflict
+from kit.rounds import Outer
 
 
 class RoundStore:
@@ -72,6 +74,26 @@ class RoundStore:
         listing = self.remote.list_files(f"{self.global_path(round_)}/") if listing is None else listing
         return f"{self.global_path(round_)}/{ADAPTER_WEIGHTS}" in listing
 
+    def newest_global(self) -> int:
+        """The highest round with a global adapter (0 when none: round 1 starts from the shared init)."""
+        rounds = set()
+        for path in self.remote.list_files("rounds/"):
+            parts = path.split("/")
+            if len(parts) == 4 and parts[2] == GLOBAL_DIR and parts[3] == ADAPTER_WEIGHTS and parts[1].isdigit():
+                rounds.add(int(parts[1]))
+        return max(rounds, default=0)
+
+    def open_round(self) -> int | None:
+        """The newest round that has shard adapters but no global (the last round a shard could not close,
+        or one whose maker's session ended), or None."""
+        listing = self.remote.list_files("rounds/")
+        rounds = sorted({int(p.split("/")[1]) for p in listing if p.count("/") >= 2 and p.split("/")[1].isdigit()})
+        for round_ in reversed(rounds):
+            inside = [p for p in listing if p.startswith(f"{round_folder(round_)}/")]
+            if round_ and self.arrived(round_, inside) and not self.has_global(round_, inside):
+                return round_
+        return None
+
     def live_shards(self, num_shards: int, me: int, now: float | None = None) -> list[int]:
         """The shards a round waits for: those whose lease (kit/lease.py) is live, and this one. A run with
         no lease at all (a local folder trained in place) waits for every shard of the split."""
@@ -98,11 +120,17 @@ class RoundStore:
         conditional = {"retries": False, "parent_commit": parent_commit} if parent_commit else {}
         self.remote.commit({**files, **(extra or {})}, f"{folder}: global", **conditional)
 
-    def push_shard(self, round_: int, shard: int, adapter_dir: Path, steps: int, examples: int) -> None:
-        """A shard's adapter after the round's H steps; the info file goes last (it marks the arrival)."""
+    def push_shard(
+        self, round_: int, shard: int, adapter_dir: Path, steps: int, examples: int, outer: Outer | None = None
+    ) -> None:
+        """A shard's adapter after the round's H steps; the info file goes last (it marks the arrival). It
+        carries the run's outer optimizer, so whoever closes the round (any account, the merge notebook)
+        steps as the run was configured."""
         folder = f"{round_folder(round_)}/{shard_name(shard)}"
         files = {f"{folder}/{p.name}": p for p in sorted(Path(adapter_dir).iterdir()) if p.is_file()}
         info = {"round": round_, "shard": shard, "steps": steps, "examples": examples}
+        if outer is not None:
+            info["outer"] = asdict(outer)
         files[f"{folder}/{ROUND_SHARD_INFO}"] = json_text(info).encode()
         self.remote.commit(files, f"{folder}: round adapter")
 
@@ -123,12 +151,12 @@ class RoundStore:
         return self.pull(self.global_path(round_))
 
     # ---- the outer step ----
-    def close(self, round_: int, outer: tuple[float, float] = (1.0, 0.0)) -> Path:
-        """Make round `round_`'s global from the shard adapters that arrived, unless one is there; pull it."""
+    def close(self, round_: int, outer: Outer | None = None) -> Path:
+        """Make round `round_`'s global from the shard adapters that arrived, unless one is there; pull it.
+        `outer` None: the one the shards recorded when they pushed (else plain averaging)."""
         from kit.merge import load_adapters
         from kit.rounds import load_outer_state, outer_step, save_global, save_outer_state
 
-        lr, momentum = outer
         for _ in range(CONFLICT_TRIES):
             head = self.remote.head()
             listing = self.remote.list_files(f"{round_folder(round_)}/")
@@ -139,14 +167,20 @@ class RoundStore:
                 raise RemoteError(f"{round_folder(round_)}: no shard adapter arrived, so there is nothing to average")
             start = self.pull_global(round_ - 1)
             sources = [self.pull(f"{round_folder(round_)}/{shard_name(s)}") for s in shards]
-            weights = [read_json(p / ROUND_SHARD_INFO)["examples"] for p in sources]
+            infos = [read_json(p / ROUND_SHARD_INFO) for p in sources]
+            weights = [info["examples"] for info in infos]
+            if outer is None:
+                recorded = next((info["outer"] for info in infos if "outer" in info), None)
+                outer = Outer(**recorded) if recorded else Outer()
             state = None
-            if momentum and round_ > 1:
+            if outer.momentum and round_ > 1:
                 state_file = self.work / round_folder(round_ - 1) / OUTER_STATE
                 self.remote.download([f"{round_folder(round_ - 1)}/{OUTER_STATE}"], self.work)
                 state = load_outer_state(state_file)
             start_adapter, *shard_adapters = load_adapters([start, *sources])
-            new, velocity, record = outer_step(start_adapter, shard_adapters, weights, lr, momentum, state)
+            new, velocity, record = outer_step(
+                start_adapter, shard_adapters, weights, outer.lr, outer.momentum, state, space=outer.space
+            )
             made = self.work / ".made" / round_folder(round_)
             shutil.rmtree(made, ignore_errors=True)
             save_global(new, start_adapter, made / GLOBAL_DIR)
@@ -169,12 +203,16 @@ class RoundStore:
         round_: int,
         expected: list[int],
         timeout_s: float,
-        outer: tuple[float, float] = (1.0, 0.0),
+        outer: Outer = Outer(),
         poll_s: float = 30.0,
-    ) -> Path:
+        give_up_s: float | None = None,
+    ) -> Path | None:
         """Round `round_`'s global: pulled once it is there; made here once every expected shard has arrived
-        (this shard was the last), or after `timeout_s` with the shards that did (the others join later)."""
-        deadline = self.clock() + timeout_s
+        (this shard was the last), or after `timeout_s` with the shards that did (the others join later).
+        None after `give_up_s` if that comes first: the session's time is up before the round's deadline, so
+        the round stays open for the others and this shard waits again in its next session."""
+        now = self.clock()
+        deadline, give_up = now + timeout_s, None if give_up_s is None else now + give_up_s
         while True:
             listing = self.remote.list_files(f"{round_folder(round_)}/")
             if self.has_global(round_, listing):
@@ -185,4 +223,32 @@ class RoundStore:
                     missing = ", ".join(str(s) for s in sorted(set(expected) - set(arrived)))
                     print(f"{round_folder(round_)}: closing without shard(s) {missing} (round deadline)", flush=True)
                 return self.close(round_, outer)
-            self.sleep(poll_s)
+            if give_up is not None and self.clock() >= give_up:
+                return None
+            wake = min(deadline, give_up) if give_up is not None else deadline
+            self.sleep(max(0.0, min(poll_s, wake - self.clock())))
+
+
+def close_round(run: str | Path, round_: int | None = None, work_dir: str | Path | None = None) -> Path | None:
+    """Make a run's open round's global (RoundStore.open_round, or `round_`) from the shard adapters that
+    arrived, with the outer step the shards recorded: what the merge notebook (any account) does when the
+    last shard of a round could not. Its local copy; None when the run has no open round."""
+    import tempfile
+
+    from kit.remote import is_hub, open_remote, open_remote_for_push
+
+    store = RoundStore(open_remote(run), work_dir or tempfile.mkdtemp(prefix="kit-rounds-"))
+    round_ = store.open_round() if round_ is None else round_
+    if round_ is None:
+        made = store.newest_global()
+        print(f"{run}: no open round" + (f" (the newest global: {round_folder(made)}/global)" if made else ""))
+        return None
+    if is_hub(run):  # writing needs the token: asked for now, not before there is something to write
+        store.remote = open_remote_for_push(run, "close a round of the run")
+    if store.has_global(round_):
+        print(f"{run}: {round_folder(round_)}/global is there already")
+        return store.pull_global(round_)
+    shards = ", ".join(shard_name(s) for s in store.arrived(round_))
+    global_dir = store.close(round_)
+    print(f"{run}: {round_folder(round_)}/global made from {shards}", flush=True)
+    return global_dir

@@ -22,18 +22,26 @@ on dense matrices). The velocity v is kept as factors too, truncated by SVD to
 `state_rank` per module (default: the rank of one round's delta, N r + r, which holds
 a round exactly); its truncation error is recorded.
 
-The next global must be a rank-r LoRA adapter again, so the shards can train it:
-dW_next is brought to rank r by truncated SVD (kit/merge.py's svd_factors: QR of the
-factors, the SVD of a small core), its A rescaled to the scale of the round's start
-(`rescale_like`: small factors on both sides would train the next round slowly), and
-stored with the shards' own scaling s (B / s), so a shard trains it with the same
-lora_alpha and learning rate as before.
+The next global must be a rank-r LoRA adapter again, so the shards can train it. Two
+ways, `space` (train.outer_space):
 
-Why SVD and not factor averaging (A = mean A_i, B = mean B_i): factor averaging is not
-the average of the updates (cross terms B_i A_j), and its error is not bounded by
-anything the round controls. The SVD is the best rank-r approximation of dW_next
-(Eckart-Young); `record` carries both relative errors against the exact dW_next,
-so every round shows what the choice bought (tests/test_rounds.py measures it).
+- "factors" (the default): the outer step on A and B themselves, DiLoCo's own setting
+  (it steps on the parameters). The next global keeps the shards' coordinates, so each
+  shard's AdamW moments, kept across rounds, still fit it. It is not the exact mean of
+  the updates (cross terms B_i A_j); that error against the exact mean is measured
+  and recorded every round.
+- "svd": dW_next exactly, then brought to rank r by truncated SVD (kit/merge.py's
+  svd_factors: QR of the factors, the SVD of a small core), the best rank-r
+  approximation (Eckart-Young), its A rescaled to the scale of the round's start
+  (`rescale_like`), stored with the shards' scaling s (B / s).
+
+Why factors, measured (BENCHMARKS.md, "Rounds": cpu-demo, 4 shards x 20 steps, H=5,
+plain averaging): factor space's error against the exact mean was at most 0.23% a
+round and its adapter reached eval loss 0.092 (40% task accuracy); the SVD's own
+error was at most 0.25%, yet its adapter reached only 0.157 (18%). The SVD's new
+basis (U, V) is a rotation of the coordinates each shard's optimizer moments were
+built in; the next round's first steps undo it. Exactness in dW does not pay when
+the shards keep training.
 
 A shard's side: its Trainer keeps max_steps for the whole shard (one learning-rate
 schedule over every round); RoundBoundary ends each `train()` with a checkpoint at a
@@ -45,15 +53,30 @@ scripts/bench_rounds.py runs a fleet of rounds this way in one process.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from kit.config import OUTER_SPACES
 from kit.files import read_json, write_json_atomic
-from kit.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from kit.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ROUND_MARK, checkpoint_name, checkpoint_step
 from kit.merge import Adapter, Factors, concat_factors, relative_errors, save_lora, svd_factors
+
+
+@dataclass(frozen=True)
+class Outer:
+    """The outer optimizer of a run's rounds (train.outer_lr, train.outer_momentum, train.outer_space)."""
+
+    lr: float = 1.0
+    momentum: float = 0.0
+    space: str = "factors"
+
+    @classmethod
+    def of(cls, train_cfg) -> Outer:
+        return cls(train_cfg.outer_lr, train_cfg.outer_momentum, train_cfg.outer_space)
 
 
 def _dense(factors: Factors) -> dict[str, torch.Tensor]:
@@ -109,7 +132,7 @@ def outer_step(
     momentum: float = 0.0,
     state: Factors | None = None,
     state_rank: int | None = None,
-    space: str = "svd",
+    space: str = "factors",
 ) -> tuple[Factors, Factors | None, dict]:
     """(the next global's factors as (A, B) with B scaled for the shards' scaling, the new velocity, a record).
 
@@ -117,6 +140,8 @@ def outer_step(
     and B themselves (factor_outer_step), which keeps the shards' coordinates for their optimizer state."""
     if not shards:
         raise ValueError("a round needs at least one shard's adapter")
+    if space not in OUTER_SPACES:
+        raise ValueError(f"outer step space {space!r}: use one of {', '.join(OUTER_SPACES)}")
     total = sum(weights) if weights else len(shards)
     w = [x / total for x in weights] if weights else [1.0 / len(shards)] * len(shards)
     if space == "factors":
@@ -130,7 +155,7 @@ def outer_step(
     mean = concat_factors(shards, w)  # sum_i w_i s_i B_i A_i, exact
     delta = _concat(mean, _scale(g, -1.0))  # the round's change, exact
     rank_delta = next(iter(delta.values()))[0].shape[0]
-    record = {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum}
+    record = {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum, "space": "svd"}
     if momentum:
         velocity = _concat(_scale(state, momentum), delta) if state else delta
         keep = state_rank or rank_delta
@@ -211,14 +236,31 @@ class RoundBoundary(TrainerCallback):
     The Trainer keeps `max_steps` for the whole shard, so the learning-rate schedule runs over all
     rounds; the next round resumes this checkpoint (inner optimizer state, data position, RNG)."""
 
-    def __init__(self, round_steps: int):
-        self.round_steps = round_steps
+    def __init__(self, round_steps: int, round_: int | None = None):
+        self.round_steps, self.round = round_steps, round_
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.round_steps == 0:
             control.should_save = True
             control.should_training_stop = True
         return control
+
+    def on_save(self, args, state, control, **kwargs):
+        # Every checkpoint records its fleet round: after a skip (a shard back from a long absence starts
+        # from the newest global) the round is no longer its step / H, and a resume on any account must know.
+        if self.round is not None and state.is_world_process_zero:
+            write_json_atomic(
+                Path(args.output_dir) / checkpoint_name(state.global_step) / ROUND_MARK, {"round": self.round}
+            )
+
+
+def checkpoint_round(checkpoint: str | Path, round_steps: int) -> int:
+    """The fleet round a checkpoint belongs to (the round it ends, at a multiple of H): its ROUND_MARK,
+    else (a shard that never skipped) its step / H rounded up."""
+    mark = Path(checkpoint) / ROUND_MARK
+    if mark.is_file():
+        return int(read_json(mark)["round"])
+    return -(-checkpoint_step(checkpoint) // round_steps)
 
 
 class RoundStart(TrainerCallback):

@@ -60,7 +60,7 @@ from kit.errors import DataError, KitError
 from kit.evaluate import evaluate_model, generate_answers
 from kit.files import folder_written_whole, read_json, write_json_atomic, write_text_atomic
 from kit.identity import IdentityStamp, check_resume, finished_differences, run_identity
-from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder, shard_file
+from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder, round_folder, shard_file
 from kit.loss import labelled_loss_trainer
 from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
@@ -68,7 +68,7 @@ from kit.platform import check_platform_packages, quantization_in_effect, resolv
 from kit.progress import ProgressBar
 from kit.remote import FolderRemote
 from kit.round_store import RoundStore
-from kit.rounds import RoundBoundary, RoundStart
+from kit.rounds import Outer, RoundBoundary, RoundStart, checkpoint_round
 from kit.sync import ShardSync, open_shard_sync
 from kit.trackers import TrackerNames, check_tracker_packages, tracker_arguments, tracker_callbacks, tracker_names
 from kit.wheel import kit_version
@@ -199,7 +199,7 @@ def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbac
         trainer, result = run.train(resume)
     sync.check_lease()  # taken over while training: raise, push nothing more
     if run.stopped_for_time:
-        return run.stop_for_time(trainer) if main else {}
+        return run.stop_for_time(trainer, resume) if main else {}
     if not main:
         return {}
     return finish(cfg, paths, data, trainer, result, resume, run, sync, status, started)
@@ -423,6 +423,7 @@ class ShardRun:
         self.identity, self.trackers = identity, trackers
         self.round_global: Path | None = None  # train.round_steps: the global this round starts from
         self.round_init: Path | None = None  # where round 1's first start saves the LoRA init (round 0's global)
+        self.round_number: int | None = None  # the fleet round this train() call trains
         self.budget = None
         if cfg.train.session_hours > 0:
             e = cfg.eval
@@ -448,11 +449,14 @@ class ShardRun:
 
     def callbacks(self) -> list:
         budget = self.budget
-        seconds_left = (lambda: budget.deadline - budget.clock() - budget.margin_s()) if budget else None
+        seconds_left = budget.seconds_left if budget else None
         rounds = []
         if self.cfg.train.round_steps:
             h = self.cfg.train.round_steps
-            rounds = [RoundStart(self.round_global, round_steps=h, save_init=self.round_init), RoundBoundary(h)]
+            rounds = [
+                RoundStart(self.round_global, round_steps=h, save_init=self.round_init),
+                RoundBoundary(h, self.round_number),
+            ]
         return [
             *([budget] if budget else []),
             *rounds,  # the boundary's save is a save like any: marked, stamped and pushed by what follows
@@ -485,14 +489,37 @@ class ShardRun:
 
     def train_rounds(self, resume: Path | None, store: RoundStore):
         """train.round_steps: train one round at a time, from the round's global (kit/rounds.py), push this
-        shard's round adapter, wait for (or make) the next global; the last round returns like train()."""
+        shard's round adapter, wait for (or make) the next global; the last round returns like train().
+        A shard back after the fleet moved on starts from the newest global (its skipped rounds are not
+        trained; its learning-rate schedule and data continue from its own step). (None, None) when the
+        session's time ran out waiting, before any training here."""
         t, h = self.cfg.train, self.cfg.train.round_steps
+        last_round = t.max_steps // h
+        trainer = result = None
         while True:
             step = checkpoint_step(resume) if resume else 0
-            round_ = step // h + 1
-            if round_ > 1 and step % h == 0 and not store.has_global(round_ - 1):
-                self.wait_for_round(store, round_ - 1)  # an earlier session ended while it waited
-            self.round_global = store.pull_global(round_ - 1) if round_ > 1 and step % h == 0 else None
+            if step % h:  # mid-round (a session ended there): its own weights, its own round
+                round_, self.round_global = checkpoint_round(resume, h), None
+            else:
+                done = checkpoint_round(resume, h) if resume else 0
+                if done and not store.has_global(done):  # an earlier session ended while it waited
+                    if self.wait_for_round(store, done, step) is None:
+                        return trainer, result
+                newest = max(store.newest_global(), done)
+                if newest >= last_round:
+                    raise KitError(
+                        f"shard {self.paths.shard}: the fleet finished all {last_round} rounds while this shard was "
+                        f"away (at step {step}): {round_folder(newest)}/global is the fleet's adapter; nothing is "
+                        "left for this shard to train. Merge or use that global."
+                    )
+                if newest > done:
+                    print0(
+                        f"shard {self.paths.shard}: the fleet is at round {newest + 1}; skipping to it from "
+                        f"round {done + 1} ({round_folder(newest)}/global), at this shard's step {step}"
+                    )
+                round_ = newest + 1
+                self.round_global = store.pull_global(newest) if newest else None
+            self.round_number = round_
             self.round_init = self.paths.dir / ".round-init" if step == 0 else None
             if self.main:
                 self.status.update(round=round_, waiting_for=None)
@@ -500,37 +527,46 @@ class ShardRun:
             end = trainer.state.global_step
             if self.main and self.round_init is not None and not store.has_global(0):
                 store.push_global(0, self.round_init)  # every shard has this init (lora.init_seed): any pushes it
-            if self.main and end % h == 0 and end > step:
+            ended = end % h == 0 and end > step
+            if self.main and ended:
                 adapter = self.paths.dir / ".round-adapter"
                 trainer.model.save_pretrained(adapter)
-                store.push_shard(end // h, self.paths.shard, adapter, steps=end - step, examples=len(self.data.dataset))
-            if end >= t.max_steps and self.main:
+                store.push_shard(round_, self.paths.shard, adapter, end - step, len(self.data.dataset), Outer.of(t))
+            if ended and round_ >= last_round and self.main:
                 # The last round: whoever arrives last makes the fleet's final global (or the merge notebook does).
-                if set(range(self.data.num_shards)) <= set(store.arrived(end // h)):
-                    store.close(end // h, (t.outer_lr, t.outer_momentum))
-            if self.stopped_for_time or end >= t.max_steps:
+                if set(range(self.data.num_shards)) <= set(store.arrived(round_)):
+                    store.close(round_, Outer.of(t))
+            if self.stopped_for_time or (ended and round_ >= last_round) or end >= t.max_steps:
                 return trainer, result
-            self.wait_for_round(store, end // h)
+            if self.wait_for_round(store, round_, end) is None:
+                return trainer, result
             resume = latest_complete_checkpoint(self.paths.dir)
 
-    def wait_for_round(self, store: RoundStore, round_: int) -> Path:
+    def wait_for_round(self, store: RoundStore, round_: int, step: int) -> Path | None:
+        """Round `round_`'s global, or None when the session's budget ends first (then stopped for time)."""
         t = self.cfg.train
+        what = f"round {round_}'s global adapter"
         if self.main:
-            self.status.update(waiting_for=f"round {round_}'s global adapter")
+            self.status.update(waiting_for=what)
         timeout = t.round_timeout_minutes * 60
-        outer = (t.outer_lr, t.outer_momentum)
         expected = store.live_shards(self.data.num_shards, self.paths.shard)
-        return store.wait_for_global(round_, expected, timeout, outer, min(30.0, timeout / 10))
+        give_up = max(self.budget.seconds_left(), 0.0) if self.budget else None
+        got = store.wait_for_global(round_, expected, timeout, Outer.of(t), min(30.0, timeout / 10), give_up)
+        if got is None:
+            self.budget.stop_waiting(what, step)
+        return got
 
-    def stop_for_time(self, trainer) -> dict:
-        """The budget stopped the run with a checkpoint: push it, record partial metrics, leave the shard not done."""
-        step, cfg, shard = trainer.state.global_step, self.cfg, self.paths.shard
+    def stop_for_time(self, trainer, resume: Path | None = None) -> dict:
+        """The budget stopped the run with a checkpoint: push it, record partial metrics, leave the shard not done.
+        No trainer: the session ended waiting for a round (train_rounds) at `resume`, before any training."""
+        cfg, shard = self.cfg, self.paths.shard
+        step = trainer.state.global_step if trainer else checkpoint_step(resume)
         metrics = {
             "shard": shard,
             "partial": True,
             "steps": step,
             "max_steps": cfg.train.max_steps,
-            "train_tokens": trainer.state.num_input_tokens_seen,
+            "train_tokens": trainer.state.num_input_tokens_seen if trainer else None,
             "seconds": round(time.monotonic() - self.started, 1),
             "budget": self.budget.report(),
             "config": cfg.to_dict(),

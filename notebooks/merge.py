@@ -223,6 +223,9 @@ install_kit(kit_source, eval_data)
 import kit
 
 kit.show_errors_first()  # a merge kit refuses (incompatible adapters, a bad `out`) shows why first
+# A run trained in rounds (train.round_steps): its last round's global is the fleet's adapter; made here when
+# no shard could (one never came back), with the outer step the shards recorded. Nothing for other runs.
+fleet_global = None if sources else kit.close_round(run)
 source_list = [s.strip() for s in sources.split(",") if s.strip()] or kit.find_shard_adapters(run)
 evaluator = None
 if eval_data:

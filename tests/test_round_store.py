@@ -15,7 +15,7 @@ from kit.layout import ADAPTER_WEIGHTS, round_folder
 from kit.merge import load_adapters
 from kit.remote import FolderRemote, open_remote
 from kit.round_store import RoundStore
-from kit.rounds import load_outer_state, outer_step
+from kit.rounds import Outer, load_outer_state, outer_step
 
 
 class Clock:
@@ -65,6 +65,18 @@ def test_a_round_closes_at_its_deadline_without_the_shard_that_never_came(tiny_m
     assert len(record["weights"]) == 2
 
 
+def test_a_wait_that_outlasts_the_session_gives_up_and_leaves_the_round_open(tiny_model_dir, tmp_path):
+    clock = Clock()
+    store = RoundStore(FolderRemote(tmp_path / "run"), tmp_path / "work", clock=clock, sleep=clock.sleep)
+    start_round(store, tiny_model_dir, tmp_path)
+    got = store.wait_for_global(1, expected=[0, 1, 2], timeout_s=600, poll_s=30, give_up_s=100)
+    assert got is None and clock.t == 100  # the session's time, not the round's deadline, ended the wait
+    assert not store.has_global(1)  # shard 2 may still come: the round is not closed for it
+    # a deadline earlier than the session's end still closes the round, as without give_up_s
+    assert store.wait_for_global(1, expected=[0, 1, 2], timeout_s=60, poll_s=30, give_up_s=100) is not None
+    assert store.has_global(1) and clock.t == 160
+
+
 def test_a_shard_that_is_not_last_waits_and_pulls_the_global_someone_else_made(tiny_model_dir, tmp_path):
     clock = Clock()
     remote = FolderRemote(tmp_path / "run")
@@ -98,7 +110,7 @@ def test_two_makers_racing_on_the_hub_produce_one_global(hub, tiny_model_dir, tm
     heads = iter([stale])  # the second maker looked before the first one's global landed
     real_head = second.remote.head
     second.remote.head = lambda: next(heads, None) or real_head()
-    got = second.close(1, outer=(0.7, 0.9))  # would make another global (Nesterov), but one is there now
+    got = second.close(1, outer=Outer(0.7, 0.9))  # would make another global (Nesterov), but one is there now
     makes = [c for c in hub.commits(repo) if c["summary"] == f"{round_folder(1)}/global: global"]
     assert len(makes) == 1
     assert (got / ADAPTER_WEIGHTS).read_bytes() == hub.files(repo)[f"{round_folder(1)}/global/{ADAPTER_WEIGHTS}"]
@@ -107,12 +119,12 @@ def test_two_makers_racing_on_the_hub_produce_one_global(hub, tiny_model_dir, tm
 def test_nesterov_rounds_carry_the_outer_state_from_one_round_to_the_next(tiny_model_dir, tmp_path):
     store = RoundStore(FolderRemote(tmp_path / "run"), tmp_path / "work")
     start_round(store, tiny_model_dir, tmp_path)
-    store.close(1, outer=(0.7, 0.9))
+    store.close(1, outer=Outer(0.7, 0.9))
     assert (tmp_path / "run" / round_folder(1) / "outer_state.safetensors").is_file()
     for shard in (0, 1):
         adapter = make_adapter(tiny_model_dir, tmp_path / f"r2-{shard}", r=4, alpha=8, seed=20 + shard)
         store.push_shard(2, shard, adapter, steps=5, examples=10)
-    made = store.close(2, outer=(0.7, 0.9))
+    made = store.close(2, outer=Outer(0.7, 0.9))
     # The same step by hand: round 1's global and velocity, round 2's shards.
     state = load_outer_state(tmp_path / "run" / round_folder(1) / "outer_state.safetensors")
     start, a, b = load_adapters([tmp_path / "run" / round_folder(1) / "global", tmp_path / "r2-0", tmp_path / "r2-1"])
@@ -135,3 +147,26 @@ def test_a_round_waits_for_the_shards_with_a_live_lease_and_every_shard_of_a_run
     for shard, age in ((1, 60), (2, 3600)):  # shard 1 beat a minute ago, shard 2 an hour ago (dead)
         ShardLease(remote, shard, 300, clock=lambda age=age: now - age, runtime="kaggle").acquire()
     assert store.live_shards(4, me=0, now=now) == [0, 1]  # shard 3 never started: not waited for
+
+
+def test_close_round_finds_the_open_round_and_steps_as_the_shards_recorded(tiny_model_dir, tmp_path, capsys):
+    from kit.cli import main
+    from kit.round_store import close_round
+
+    run = tmp_path / "run"
+    store = RoundStore(FolderRemote(run), tmp_path / "work")
+    init = make_adapter(tiny_model_dir, tmp_path / "init", r=4, alpha=8, seed=0)
+    store.push_global(0, init)
+    nesterov = Outer(0.7, 0.9, "factors")
+    for shard in (0, 1):
+        adapter = make_adapter(tiny_model_dir, tmp_path / f"s{shard}", r=4, alpha=8, seed=shard + 1)
+        store.push_shard(1, shard, adapter, steps=5, examples=10, outer=nesterov)
+    assert store.open_round() == 1 and store.newest_global() == 0
+    assert main(["close-round", str(run)]) == 0  # what the merge notebook (any account) does
+    assert f"{run}: rounds/001/global made from shard-00, shard-01" in capsys.readouterr().out
+    record = json.loads((run / round_folder(1) / "round.json").read_text())
+    assert (record["lr"], record["momentum"], record["space"]) == (0.7, 0.9, "factors")  # the run's, not defaults
+    assert store.open_round() is None and store.newest_global() == 1
+    assert (
+        close_round(run) is None and "no open round (the newest global: rounds/001/global)" in capsys.readouterr().out
+    )

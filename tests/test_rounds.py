@@ -40,7 +40,7 @@ def shared_rows(seed: int = 100) -> dict:
 
 def test_plain_averaging_gives_the_rank_r_svd_of_the_exact_weighted_mean_of_the_shards():
     start, shards = adapter("global", 0), [adapter(f"shard-0{i}", i + 1) for i in range(3)]
-    new, state, record = outer_step(start, shards, weights=[1, 2, 1])
+    new, state, record = outer_step(start, shards, weights=[1, 2, 1], space="svd")
     mean = {
         m: sum(w * d[m] for w, d in zip([0.25, 0.5, 0.25], (dense(s.factors, 2.0) for s in shards))) for m in SHAPES
     }
@@ -60,7 +60,7 @@ def test_shards_in_one_row_space_make_the_step_exact_and_equal_to_dilocos_nester
     state, current = None, start
     for round_ in range(3):
         shards = [adapter(f"shard-0{i}", 10 * round_ + i, rows) for i in range(2)]
-        new, state, record = outer_step(current, shards, lr=0.7, momentum=0.9, state=state)
+        new, state, record = outer_step(current, shards, lr=0.7, momentum=0.9, state=state, space="svd")
         mean = {m: sum(dense(s.factors, 2.0)[m] for s in shards) / 2 for m in SHAPES}
         sgd.zero_grad()
         for m, p in params.items():
@@ -77,7 +77,7 @@ def test_the_velocity_is_kept_low_rank_with_its_truncation_error_recorded_and_ro
     start, state = adapter("global", 0), None
     for round_ in range(3):
         shards = [adapter(f"s{i}", 50 + 10 * round_ + i) for i in range(2)]
-        _, state, record = outer_step(start, shards, lr=0.5, momentum=0.9, state=state, state_rank=6)
+        _, state, record = outer_step(start, shards, lr=0.5, momentum=0.9, state=state, state_rank=6, space="svd")
     assert all(a.shape[0] == 6 for a, _ in state.values())
     assert 0 < record["state_error"] < 1
     save_outer_state(state, tmp_path / "outer_state.safetensors")
@@ -158,7 +158,7 @@ def test_a_round_resumes_the_shards_checkpoint_and_starts_from_the_global_adapte
 def test_the_next_globals_a_keeps_the_start_scale_so_the_next_round_trains_like_the_first():
     start, shards = adapter("global", 0), [adapter(f"shard-0{i}", i + 1) for i in range(2)]
     shards = [Adapter(s.name, None, s.config, {m: (a, 1e-3 * b) for m, (a, b) in s.factors.items()}) for s in shards]
-    new, _, _ = outer_step(start, shards)  # a small round: dW ~ 1e-3, as after a few steps from B = 0
+    new, _, _ = outer_step(start, shards, space="svd")  # a small round: dW ~ 1e-3, as after a few steps from B = 0
     for m, (a, _) in new.items():
         start_rms = start.factors[m][0].norm() / R**0.5
         assert torch.allclose(a.norm(dim=1), torch.full((R,), float(start_rms)), rtol=1e-4)  # not sqrt(sigma)

@@ -85,3 +85,82 @@ def test_the_fleet_status_shows_the_round_each_shard_is_in_and_what_it_waits_for
     rows = [shard_row("hf://me/run", 0, status, None, 4, now)]
     fleet = {"dest": "hf://me/run", "now": now.isoformat(), "shards": rows, "totals": fleet_totals(rows)}
     assert "shard 0: round 2, waiting for round 1's global adapter" in format_fleet(fleet)
+
+
+def test_a_session_that_ends_while_waiting_for_a_round_stops_for_time_and_the_next_one_waits_again(
+    small_split, tmp_path, monkeypatch
+):
+    import kit.budget
+    import kit.train
+    from kit.budget import SessionBudget
+    from kit.config import load_config
+    from kit.round_store import RoundStore
+    from kit.train import train_shard
+
+    class Clock:  # fake seconds, for the budget and the round store alike
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    class Step(__import__("transformers").TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.now += 60.0
+
+    clock = Clock()
+    monkeypatch.setattr(kit.budget, "CLOCK", clock)
+    monkeypatch.setattr(SessionBudget, "reserve_s", lambda self: 0.0)
+    monkeypatch.setattr(kit.train, "RoundStore", lambda remote, work: RoundStore(remote, work, clock, clock.sleep))
+    # 330 s: after round 1's 2 steps (120 s) the budget still trains (one step + save guess + safety = 150 s), but a
+    # wait leaves ~90 s, far below the round's 60 min deadline: the wait ends with the session, the round stays open.
+    cfg = load_config("cpu-tiny", [*ROUNDS, f"train.session_hours={330 / 3600!r}", "train.round_timeout_minutes=60"])
+    stopped = train_shard(cfg, small_split, 0, tmp_path / "run", callbacks=[Step()])
+    assert stopped["partial"] and stopped["steps"] == 2 and 60 * 60 > clock.now > 120
+    status = json.loads((tmp_path / "run" / "shard-00" / "status.json").read_text())
+    assert status["state"] == "stopped_for_time" and status["waiting_for"] == "round 1's global adapter"
+    rounds = tmp_path / "run" / "rounds" / "001"
+    assert (rounds / "shard-00").is_dir() and not (rounds / "global").exists()  # shard 1 may still come
+
+    monkeypatch.undo()
+    # The next session: no session limit here, and shard 1 never comes, so round 1 closes at its deadline.
+    cfg = load_config("cpu-tiny", [*ROUNDS, "train.round_timeout_minutes=0.05"])
+    done = train_shard(cfg, small_split, 0, tmp_path / "run")
+    assert done["resumed_from_step"] == 2 and done["steps"] == 4
+    assert (rounds / "global").is_dir()
+
+
+def test_a_shard_back_after_the_fleet_moved_on_skips_to_the_newest_global(small_split, tmp_path, capsys):
+    from kit.config import load_config
+    from kit.rounds import checkpoint_round
+    from kit.train import train_shard
+
+    cfg = load_config("cpu-tiny", [*ROUNDS, "train.max_steps=6", "train.round_timeout_minutes=0.05"])
+    # Shard 1 trains rounds 1 and 2 without shard 0 (each closes at its 3 s deadline), then its session dies.
+    with pytest.raises(Disconnect, match="after step 5"):
+        train_shard(cfg, small_split, 1, tmp_path / "run", callbacks=[DisconnectAfterStep(5)])
+    rounds = tmp_path / "run" / "rounds"
+    assert (rounds / "002" / "global").is_dir() and not (rounds / "003").exists()
+
+    # Shard 0 starts only now: not round 1 (closed long ago, its adapter would count for nothing) but round 3.
+    metrics = train_shard(cfg, small_split, 0, tmp_path / "run")
+    assert "shard 0: the fleet is at round 3; skipping to it from round 1" in capsys.readouterr().out
+    assert (rounds / "003" / "shard-00").is_dir()
+    assert not (rounds / "001" / "shard-00").exists() and not (rounds / "002" / "shard-00").exists()
+    assert metrics["steps"] == 2  # one round's steps: the fleet's last round ended its shard
+    shard = tmp_path / "run" / "shard-00"
+    assert checkpoint_round(shard / "checkpoint-2", 2) == 3  # its checkpoint knows it is round 3, not step 2 / H
+    status = json.loads((shard / "status.json").read_text())
+    assert status["state"] == "done" and status["round"] == 3
+
+    # The fleet is over (the merge notebook made round 3's global): shard 1 back now is told so, losing nothing.
+    from kit.errors import KitError
+    from kit.remote import FolderRemote
+    from kit.round_store import RoundStore
+
+    RoundStore(FolderRemote(tmp_path / "run"), tmp_path / "merge-work").close(3)
+    with pytest.raises(KitError, match="finished all 3 rounds while this shard was away"):
+        train_shard(cfg, small_split, 1, tmp_path / "run")
+    assert (tmp_path / "run" / "shard-01" / "checkpoint-4" / "COMPLETE").is_file()

@@ -13,7 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_rounds.py"), "--smoke", "--json"],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_rounds.py"),
+            "--smoke",
+            "--json",
+            "--outer",
+            "avg,nesterov,svd:2/0.5",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=600,
@@ -22,7 +29,11 @@ def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     rows = report["rows"]
-    assert list(rows) == ["base", "one-shot", "rounds H=2 avg", "rounds H=2 nesterov", "all data"]
+    assert list(rows) == ["base", "one-shot", "rounds H=2 avg", "rounds H=2 nesterov", "rounds H=2 svd:2/0.5",
+                          "all data"]  # fmt: skip
+    assert rows["rounds H=2 nesterov"]["outer"] == {"lr": 0.7, "momentum": 0.9, "space": "factors"}
+    assert rows["rounds H=2 svd:2/0.5"]["outer"] == {"lr": 2.0, "momentum": 0.5, "space": "svd"}
+    assert "max_factor_error" in rows["rounds H=2 avg"] and "max_svd_error" in rows["rounds H=2 svd:2/0.5"]
     for row in rows.values():
         assert {"eval_loss", "json_valid_rate", "task_accuracy", "uploaded_bytes_per_shard"} <= set(row)
     assert rows["rounds H=2 avg"]["rounds"] == 2
