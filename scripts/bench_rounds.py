@@ -20,7 +20,10 @@ Rows:
                       both on the factors (kit's default); `avg-svd`, `nesterov-svd` in dW space with
                       an SVD back to rank r; SPACE:LR[/MOMENTUM] any other (factors:4 = the sum);
                       `-fresh-opt` drops the inner optimizer state at each round (the ablation)
-    all data          one adapter, N*S steps over the union of the shards
+    all data          one adapter, N*S steps over the union of the shards (N times the sequential steps)
+    synchronous Nx batch   one adapter, S steps of N micro-batches each over the union: N GPUs in one
+                      data-parallel job, the same examples and compute. What parallel shards can hope
+                      for: DiLoCo's claim is rounds matching this, not the N*S sequential steps above
 
 Per row: eval loss, JSON validity, task accuracy, the adapter bytes each shard uploaded
 (one adapter per round; one in all for one-shot), and seconds. No network.
@@ -192,9 +195,12 @@ def main(argv=None) -> dict:
         help="outer optimizers: avg, nesterov (factor space), avg-svd, nesterov-svd, or SPACE:LR[/MOMENTUM]",
     )
     parser.add_argument("--fresh-opt", action="store_true", help="also run each H with the inner optimizer reset")
+    parser.add_argument("--fresh-opt-only", action="store_true", help="only the runs with the optimizer reset")
     parser.add_argument("--examples", type=int, default=3000)
     parser.add_argument("--smoke", action="store_true", help="cpu-tiny, 2 shards x 4 steps, H=2: seconds")
-    parser.add_argument("--rows", default="base,one-shot,rounds,all data", help="which rows to run (comma-separated)")
+    parser.add_argument(
+        "--rows", default="base,one-shot,rounds,all data,synchronous", help="which rows to run (comma-separated)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     overrides = ["eval.max_new_tokens=96"]
@@ -243,7 +249,7 @@ def main(argv=None) -> dict:
         timed("one-shot", one_shot)
         for h in hs:
             for outer in args.outer.split(","):
-                for keep in (True, False) if args.fresh_opt else (True,):
+                for keep in (False,) if args.fresh_opt_only else (True, False) if args.fresh_opt else (True,):
                     label = f"rounds H={h} {outer}" + ("" if keep else "-fresh-opt")
                     out = work / "".join(c if c.isalnum() or c in "-." else "_" for c in label)
 
@@ -271,6 +277,18 @@ def main(argv=None) -> dict:
             return adapter, 0, {}
 
         timed("all data", all_data)
+
+        def synchronous():
+            # What N GPUs in one data-parallel job would do with the same examples: S steps, each the mean
+            # gradient of N micro-batches (grad_accum N is DDP's all-reduce, on one process).
+            from datasets import concatenate_datasets
+
+            wide = with_steps(cfg, args.steps)
+            wide.train.grad_accum = cfg.train.grad_accum * args.shards
+            merged = concatenate_datasets(datasets)
+            return train_alone(wide, merged, tokenizer, work / "synchronous", args.steps), 0, {}
+
+        timed(f"synchronous {args.shards}x batch", synchronous)
     report = {
         "preset": args.preset,
         "shards": args.shards,

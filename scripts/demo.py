@@ -111,7 +111,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def interrupt_after_checkpoint(proc: subprocess.Popen, run_dir: Path, label: str, timeout: float = 900) -> int:
+def interrupt_after_checkpoint(proc: subprocess.Popen, run_dir: Path, label: str, timeout: float = 1800) -> int:
     """Let the notebook train until its first complete checkpoint plus a step or two, then kill it."""
     deadline = time.monotonic() + timeout
     os.set_blocking(proc.stdout.fileno(), False)
@@ -172,8 +172,8 @@ def main() -> None:
     )
 
     overrides = args.set
-    if args.rounds:  # checkpoints mid-round too, so the kill below lands inside a round and resumes there
-        rounds = f"train.round_steps={args.rounds}; train.save_steps={max(args.rounds // 2, 1)}"
+    if args.rounds:  # a checkpoint and a status line mid-round too: the kill below lands inside a round
+        rounds = f"train.round_steps={args.rounds}; train.save_steps={max(args.rounds // 2, 1)}; train.logging_steps=1"
         overrides = "; ".join(x for x in (args.set, rounds, "train.round_timeout_minutes=30") if x)
     train = {"preset": args.preset, "data": shards, "output": run, "overrides": overrides}
     first = run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00")
@@ -186,10 +186,15 @@ def main() -> None:
         wait(first, "train-shard-00")
 
     print("4/5 train shard 1, killed mid-run, then run again")
-    proc = run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01-interrupted")
-    killed_at = interrupt_after_checkpoint(proc, run / "shard-01", "train-shard-01")
-    print(f"  killed the kernel at step {killed_at}; running the notebook again")
-    wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01"), "train-shard-01")
+    try:
+        proc = run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01-interrupted")
+        killed_at = interrupt_after_checkpoint(proc, run / "shard-01", "train-shard-01")
+        print(f"  killed the kernel at step {killed_at}; running the notebook again")
+        wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01"), "train-shard-01")
+    except SystemExit:
+        if args.rounds:  # shard 0 would wait for its partner until the round's deadline: stop it too
+            kill_tree(first)
+        raise
     if args.rounds:
         beside.join()
         if first.returncode != 0:

@@ -30,7 +30,7 @@ def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
     report = json.loads(proc.stdout)
     rows = report["rows"]
     assert list(rows) == ["base", "one-shot", "rounds H=2 avg", "rounds H=2 nesterov", "rounds H=2 svd:2/0.5",
-                          "all data"]  # fmt: skip
+                          "all data", "synchronous 2x batch"]  # fmt: skip
     assert rows["rounds H=2 nesterov"]["outer"] == {"lr": 0.7, "momentum": 0.9, "space": "factors"}
     assert rows["rounds H=2 svd:2/0.5"]["outer"] == {"lr": 2.0, "momentum": 0.5, "space": "svd"}
     assert "max_factor_error" in rows["rounds H=2 avg"] and "max_svd_error" in rows["rounds H=2 svd:2/0.5"]
