@@ -454,7 +454,12 @@ class ShardRun:
         if self.cfg.train.round_steps:
             h = self.cfg.train.round_steps
             rounds = [
-                RoundStart(self.round_global, round_steps=h, save_init=self.round_init),
+                RoundStart(
+                    self.round_global,
+                    reset_optimizer=self.cfg.train.round_reset_optimizer,
+                    round_steps=h,
+                    save_init=self.round_init,
+                ),
                 RoundBoundary(h, self.round_number),
             ]
         return [

@@ -201,12 +201,15 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--rows", default="base,one-shot,rounds,all data,synchronous", help="which rows to run (comma-separated)"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override, e.g. train.seed=1"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    overrides = ["eval.max_new_tokens=96"]
+    overrides = ["eval.max_new_tokens=96", *args.set]
     if args.smoke:
         args.preset, args.shards, args.steps, args.rounds, args.examples = "cpu-tiny", 2, 4, "2", 80
-        overrides = ["eval.max_new_tokens=8"]
+        overrides = ["eval.max_new_tokens=8", *args.set]
     hs = [int(h) for h in args.rounds.split(",") if h]
     bad = [h for h in hs if args.steps % h]
     if bad:
@@ -294,6 +297,7 @@ def main(argv=None) -> dict:
         "shards": args.shards,
         "steps_per_shard": args.steps,
         "examples": args.examples,
+        "overrides": args.set,
         "eval_examples": len(eval_records),
         "seconds": round(time.monotonic() - began, 1),
         "rows": rows,

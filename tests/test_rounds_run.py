@@ -164,3 +164,25 @@ def test_a_shard_back_after_the_fleet_moved_on_skips_to_the_newest_global(small_
     with pytest.raises(KitError, match="finished all 3 rounds while this shard was away"):
         train_shard(cfg, small_split, 1, tmp_path / "run")
     assert (tmp_path / "run" / "shard-01" / "checkpoint-4" / "COMPLETE").is_file()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["kept", "reset"])
+def test_train_round_reset_optimizer_drops_the_shards_moments_at_each_rounds_start(small_split, tmp_path, reset):
+    from transformers import TrainerCallback
+
+    from kit.config import load_config
+    from kit.train import train_shard
+
+    class OptimizerAtStart(TrainerCallback):  # runs after RoundStart: what each round's first step starts from
+        def __init__(self):
+            self.seen = []
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.seen.append((state.global_step, len(optimizer.state)))
+
+    probe = OptimizerAtStart()
+    overrides = [*ROUNDS, "train.round_timeout_minutes=0.05", f"train.round_reset_optimizer={str(reset).lower()}"]
+    train_shard(load_config("cpu-tiny", overrides), small_split, 0, tmp_path / "run", callbacks=[probe])
+    (first, _), (second, moments) = probe.seen
+    assert (first, second) == (0, 2)
+    assert (moments == 0) == reset  # round 2 resumed checkpoint-2's AdamW state; reset drops it
