@@ -74,21 +74,21 @@ class RoundStore:
         listing = self.remote.list_files(f"{self.global_path(round_)}/") if listing is None else listing
         return f"{self.global_path(round_)}/{ADAPTER_WEIGHTS}" in listing
 
+    def rounds(self, listing: list[str] | None = None) -> list[int]:
+        """Every round that has a folder under rounds/, in order."""
+        listing = self.remote.list_files("rounds/") if listing is None else listing
+        return sorted({int(p.split("/")[1]) for p in listing if p.count("/") >= 2 and p.split("/")[1].isdigit()})
+
     def newest_global(self) -> int:
         """The highest round with a global adapter (0 when none: round 1 starts from the shared init)."""
-        rounds = set()
-        for path in self.remote.list_files("rounds/"):
-            parts = path.split("/")
-            if len(parts) == 4 and parts[2] == GLOBAL_DIR and parts[3] == ADAPTER_WEIGHTS and parts[1].isdigit():
-                rounds.add(int(parts[1]))
-        return max(rounds, default=0)
+        listing = self.remote.list_files("rounds/")
+        return max((r for r in self.rounds(listing) if self.has_global(r, listing)), default=0)
 
     def open_round(self) -> int | None:
         """The newest round that has shard adapters but no global (the last round a shard could not close,
         or one whose maker's session ended), or None."""
         listing = self.remote.list_files("rounds/")
-        rounds = sorted({int(p.split("/")[1]) for p in listing if p.count("/") >= 2 and p.split("/")[1].isdigit()})
-        for round_ in reversed(rounds):
+        for round_ in reversed(self.rounds(listing)):
             inside = [p for p in listing if p.startswith(f"{round_folder(round_)}/")]
             if round_ and self.arrived(round_, inside) and not self.has_global(round_, inside):
                 return round_

@@ -144,18 +144,15 @@ def outer_step(
         raise ValueError(f"outer step space {space!r}: use one of {', '.join(OUTER_SPACES)}")
     total = sum(weights) if weights else len(shards)
     w = [x / total for x in weights] if weights else [1.0 / len(shards)] * len(shards)
+    record = {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum}
     if space == "factors":
-        new, velocity, record = factor_outer_step(start, shards, w, lr, momentum, state)
-        return (
-            new,
-            velocity,
-            {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum, **record},
-        )
+        new, velocity, factor_record = factor_outer_step(start, shards, w, lr, momentum, state)
+        return new, velocity, {**record, **factor_record}
+    record["space"] = "svd"
     g = updates(start)
     mean = concat_factors(shards, w)  # sum_i w_i s_i B_i A_i, exact
     delta = _concat(mean, _scale(g, -1.0))  # the round's change, exact
     rank_delta = next(iter(delta.values()))[0].shape[0]
-    record = {"shards": [s.name for s in shards], "weights": w, "lr": lr, "momentum": momentum, "space": "svd"}
     if momentum:
         velocity = _concat(_scale(state, momentum), delta) if state else delta
         keep = state_rank or rank_delta
@@ -172,13 +169,8 @@ def outer_step(
     record["svd_error"] = relative_errors(next_factors, exact_next)["overall"]
     next_factors = rescale_like(next_factors, start.factors)
     record["retained_energy_min"] = min(s["retained_energy"] for s in stats.values())
-    if lr == 1.0 and not momentum:  # what averaging the factors instead would have given, for the record
-        averaged = {
-            m: (sum(wi * s.factors[m][0].float() for s, wi in zip(shards, w)),
-                sum(wi * s.scaling * s.factors[m][1].float() for s, wi in zip(shards, w)))
-            for m in start.factors
-        }  # fmt: skip
-        record["factor_average_error"] = relative_errors(averaged, exact_next)["overall"]
+    if lr == 1.0 and not momentum:  # what averaging the factors (space="factors") would have erred, for the record
+        record["factor_average_error"] = factor_outer_step(start, shards, w, 1.0, 0.0, None)[2]["factor_error"]
     s = start.scaling
     return {m: (a, b / s) for m, (a, b) in next_factors.items()}, velocity, record
 
@@ -194,8 +186,8 @@ def rescale_like(factors: Factors, like: Factors) -> Factors:
     for module, (a, b) in factors.items():
         target = like[module][0].float().norm() / max(like[module][0].shape[0], 1) ** 0.5
         norms = a.norm(dim=1)
-        scale = torch.where(norms > 0, target / norms.clamp_min(1e-30), torch.zeros_like(norms))
         keep = norms > 0
+        scale = torch.where(keep, target / norms.clamp_min(1e-30), torch.zeros_like(norms))
         out[module] = (a * scale[:, None], torch.where(keep[None, :], b / scale.clamp_min(1e-30)[None, :], 0.0))
     return out
 

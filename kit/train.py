@@ -507,10 +507,11 @@ class ShardRun:
                 round_, self.round_global = checkpoint_round(resume, h), None
             else:
                 done = checkpoint_round(resume, h) if resume else 0
-                if done and not store.has_global(done):  # an earlier session ended while it waited
+                newest = store.newest_global()
+                if done > newest:  # round `done` has no global yet: an earlier session ended while it waited
                     if self.wait_for_round(store, done, step) is None:
                         return trainer, result
-                newest = max(store.newest_global(), done)
+                    newest = max(store.newest_global(), done)
                 if newest >= last_round:
                     raise KitError(
                         f"shard {self.paths.shard}: the fleet finished all {last_round} rounds while this shard was "

@@ -48,27 +48,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-OUTERS = {  # name: (outer lr, momentum, space: kit/rounds.py's outer_step; "factors" is kit's default)
-    "avg": (1.0, 0.0, "factors"),
-    "nesterov": (0.7, 0.9, "factors"),
-    "avg-svd": (1.0, 0.0, "svd"),
-    "nesterov-svd": (0.7, 0.9, "svd"),
+OUTERS = {  # name: kit/rounds.py's outer step (space "factors" is kit's default)
+    "avg": dict(lr=1.0, momentum=0.0, space="factors"),
+    "nesterov": dict(lr=0.7, momentum=0.9, space="factors"),
+    "avg-svd": dict(lr=1.0, momentum=0.0, space="svd"),
+    "nesterov-svd": dict(lr=0.7, momentum=0.9, space="svd"),
 }
 
 
-def outer_spec(name: str) -> tuple[float, float, str]:
-    """(outer lr, momentum, space) for a name of OUTERS or SPACE:LR[/MOMENTUM], e.g. factors:4 or svd:0.7/0.9."""
+def outer_spec(name: str) -> dict:
+    """{lr, momentum, space} for a name of OUTERS or SPACE:LR[/MOMENTUM], e.g. factors:4 or svd:0.7/0.9."""
+    from kit.config import OUTER_SPACES
+
     if name in OUTERS:
         return OUTERS[name]
     space, _, numbers = name.partition(":")
     lr, _, momentum = numbers.partition("/")
     try:
-        if space not in ("svd", "factors"):
+        if space not in OUTER_SPACES:
             raise ValueError(space)
-        return float(lr), float(momentum or 0.0), space
+        return dict(lr=float(lr), momentum=float(momentum or 0.0), space=space)
     except ValueError:
         raise SystemExit(
-            f"--outer {name!r}: use one of {', '.join(OUTERS)} or SPACE:LR[/MOMENTUM] with SPACE svd or factors"
+            f"--outer {name!r}: use one of {', '.join(OUTERS)} or SPACE:LR[/MOMENTUM] with SPACE one of "
+            f"{', '.join(OUTER_SPACES)}"
         ) from None
 
 
@@ -131,7 +134,7 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
     from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global
     from kit.train import build_trainer
 
-    lr, momentum, space = outer_spec(outer)
+    spec = outer_spec(outer)
     shard_cfg = with_steps(cfg, steps)
     global_dir = out / "rounds" / "000" / "global"
     add_lora(load_base_model(cfg), cfg).save_pretrained(global_dir)  # round 0: the shared LoRA init
@@ -153,10 +156,8 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
             start_adapter,
             shard_adapters,
             [len(d) for d in datasets],
-            lr=lr,
-            momentum=momentum,
             state=state,
-            space=space,
+            **spec,
         )
         global_dir = round_dir / "global"
         save_global(new, start_adapter, global_dir)
@@ -262,7 +263,7 @@ def main(argv=None) -> dict:
                         )
                         extra = {
                             "rounds": len(records),
-                            "outer": dict(zip(("lr", "momentum", "space"), outer_spec(outer))),
+                            "outer": outer_spec(outer),
                         }
                         for key in ("svd_error", "factor_error"):
                             errors = [r[key] for r in records if key in r]

@@ -66,6 +66,10 @@ def run_notebook(name: str, out_dir: Path, params: dict, label: str) -> subproce
 
 def wait(proc: subprocess.Popen, label: str) -> None:
     drain(proc, label)
+    exit_if_failed(proc, label)
+
+
+def exit_if_failed(proc: subprocess.Popen, label: str) -> None:
     if proc.returncode != 0:
         sys.exit(f"demo: notebook {label} failed (exit {proc.returncode}); see demo-out/notebooks/{label}.ipynb")
 
@@ -197,10 +201,7 @@ def main() -> None:
         raise
     if args.rounds:
         beside.join()
-        if first.returncode != 0:
-            sys.exit(
-                f"demo: notebook train-shard-00 failed (exit {first.returncode}); see {nb_dir}/train-shard-00.ipynb"
-            )
+        exit_if_failed(first, "train-shard-00")
     resumed_from = _read_json(run / "shard-01" / "metrics.json").get("resumed_from_step")
 
     print("5/5 merge + evaluate base, shards and merged (notebooks/merge.ipynb)")
@@ -211,7 +212,7 @@ def main() -> None:
     report["resume"] = {"shard": 1, "killed_at_step": killed_at, "resumed_from_step": resumed_from}
     if args.rounds:
         records = sorted((run / "rounds").glob("*/round.json"))
-        report["rounds"] = [_read_json(r) | {"round": int(r.parent.name)} for r in records]
+        report["rounds"] = [_read_json(r) for r in records]  # each names its round
         print(f"rounds: {len(records)} globals made ({', '.join(r.parent.name for r in records)})")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
