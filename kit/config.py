@@ -132,10 +132,11 @@ class TrainSection:
     """The outer step's learning rate: 1 with outer_momentum 0 is plain averaging; DiLoCo uses 0.7 with 0.9."""
     outer_momentum: float = 0.0
     """The outer step's Nesterov momentum (0 = none)."""
-    round_reset_optimizer: bool = False
+    round_reset_optimizer: bool = True
     """Drop each shard's AdamW moments at every round's start (True) instead of keeping them, as DiLoCo
-    does (False). Measured better here (BENCHMARKS.md, "Rounds": 0.078 vs 0.092 eval loss on cpu-demo,
-    one seed): fresh moments take full-size first steps from the new global."""
+    does (False). Measured better on the demo task (BENCHMARKS.md, "Rounds", cpu-demo, H=5: 0.078 vs
+    0.092 eval loss, and 0.076 vs 0.095 with a second seed): fresh moments take full-size first steps
+    from each new global."""
     outer_space: str = "factors"
     """Where the outer step runs (kit/rounds.py): "factors" (on A and B themselves: the shards' coordinates,
     and so their optimizer state, kept; its error against the exact mean recorded) or "svd" (exact in dW

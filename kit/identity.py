@@ -6,10 +6,12 @@
 
 The identity is the shard's data (its file's sha256 in the split's manifest)
 and the settings that change the math: the base model and its quantization,
-LoRA, max_length and packing, the optimizer, schedule, seed, step count and the
-global batch. Left out on purpose: precision, attention kernel and the
+LoRA, max_length and packing, the optimizer, schedule, seed, step count, the
+global batch, and the fleet rounds' settings (H, the optimizer reset, the outer
+step). Left out on purpose: precision, attention kernel and the
 micro-batch/accumulation split, which a resume on another GPU (a T4 after an
-A100, one GPU after two) may change while the math stays that of the run.
+A100, one GPU after two) may change while the math stays that of the run; and
+round_timeout_minutes, how long a shard waits, which any session may change.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ MATH_KEYS = {
         "optim",
         "seed",
         "max_tokens_per_batch",
+        # Fleet rounds: H sets where the weights are replaced by each round's global, the reset what the
+        # optimizer carries across, and the outer step what the globals are (each shard records it).
+        "round_steps",
+        "round_reset_optimizer",
+        "outer_lr",
+        "outer_momentum",
+        "outer_space",
     ),
 }
 
@@ -45,7 +54,20 @@ def config_identity(config: dict) -> dict:
     data = config.get("data", {})
     if "turns" not in data and "last_turn_only" in data:  # written before data.turns: the same choice, renamed
         config = {**config, "data": {**data, "turns": "last" if data["last_turn_only"] else "all"}}
-    return {section: {k: config.get(section, {}).get(k) for k in keys} for section, keys in MATH_KEYS.items()}
+    # Only the keys the config has: an older kit's stamp lacks the keys added since (see comparable).
+    return {
+        section: {k: config[section][k] for k in keys if k in config.get(section, {})}
+        for section, keys in MATH_KEYS.items()
+    }
+
+
+def comparable(saved: dict, current: dict) -> dict:
+    """`current` (a config_identity) narrowed to the keys `saved` has: a setting an older kit's checkpoint
+    did not record (round_steps, before it was stamped) is not compared, so that checkpoint still resumes,
+    as one with no stamp at all does."""
+    return {
+        section: {k: v for k, v in keys.items() if k in saved.get(section, {})} for section, keys in current.items()
+    }
 
 
 def run_identity(cfg, shard: int, data_sha256: str | None, world_size: int = 1) -> dict:
@@ -78,6 +100,7 @@ def check_resume(checkpoint: Path, identity: dict) -> None:
         return
     if isinstance(saved.get("config"), dict):  # read as this kit reads settings (a renamed key, its new name)
         saved = {**saved, "config": config_identity(saved["config"])}
+        identity = {**identity, "config": comparable(saved["config"], identity["config"])}
     differences = identity_differences(saved, identity)
     if differences:
         raise IdentityMismatch(
@@ -93,4 +116,5 @@ def finished_differences(metrics: dict, cfg) -> list[str]:
     """How a finished shard's settings (its metrics.json config) differ from this run's; [] when the same."""
     if "config" not in metrics:
         return []
-    return identity_differences(config_identity(metrics["config"]), config_identity(cfg.to_dict()))
+    saved = config_identity(metrics["config"])
+    return identity_differences(saved, comparable(saved, config_identity(cfg.to_dict())))

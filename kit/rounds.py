@@ -45,9 +45,10 @@ the shards keep training.
 
 A shard's side: its Trainer keeps max_steps for the whole shard (one learning-rate
 schedule over every round); RoundBoundary ends each `train()` with a checkpoint at a
-multiple of H; the next round resumes that checkpoint (inner optimizer state, data
-position, RNG: DiLoCo keeps each worker's inner optimizer) and RoundStart copies the
-round's global adapter into the LoRA weights in place before the first step.
+multiple of H; the next round resumes that checkpoint (data position, RNG, and the
+inner optimizer state, which DiLoCo keeps and kit by default drops: measured better
+with fresh moments, train.round_reset_optimizer) and RoundStart copies the round's
+global adapter into the LoRA weights in place before the first step.
 scripts/bench_rounds.py runs a fleet of rounds this way in one process.
 """
 
@@ -257,8 +258,9 @@ def checkpoint_round(checkpoint: str | Path, round_steps: int) -> int:
 
 class RoundStart(TrainerCallback):
     """When a round's `train()` begins (after the Trainer restored the shard's checkpoint), set the
-    LoRA weights to the round's global adapter, in place, so the optimizer keeps its state for them;
-    `reset_optimizer` drops that state instead (the ablation: DiLoCo keeps it).
+    LoRA weights to the round's global adapter, in place, so the optimizer keeps its state for them
+    (DiLoCo's way); `reset_optimizer` drops that state instead (kit's default, train.round_reset_optimizer:
+    measured better, BENCHMARKS.md "Rounds").
 
     With `round_steps`, only at a round's first step: a shard resumed mid-round (its session ended
     there) continues its own checkpoint's weights, exactly as an uninterrupted round would. With

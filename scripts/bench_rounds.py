@@ -13,13 +13,14 @@ eval prompt.
 Rows:
     base              the model without an adapter
     one-shot          each shard trains S steps alone; kit's exact average of the N adapters
-    rounds H=..       each shard trains H steps from the round's global adapter, keeping its own
-                      optimizer state; the outer step (kit/rounds.py) makes the next global:
+    rounds H=..       each shard trains H steps from the round's global adapter, its AdamW moments
+                      reset at each round's start (kit's default, train.round_reset_optimizer);
+                      the outer step (kit/rounds.py) makes the next global:
                       `avg` = plain averaging (outer lr 1, no momentum), `nesterov` = DiLoCo's
                       Nesterov momentum (outer lr 0.7, momentum 0.9, DiLoCo's published values),
                       both on the factors (kit's default); `avg-svd`, `nesterov-svd` in dW space with
                       an SVD back to rank r; SPACE:LR[/MOMENTUM] any other (factors:4 = the sum);
-                      `-fresh-opt` drops the inner optimizer state at each round (the ablation)
+                      ` kept-opt` rows keep each shard's optimizer state across rounds (DiLoCo's way)
     all data          one adapter, N*S steps over the union of the shards (N times the sequential steps)
     synchronous Nx batch   one adapter, S steps of N micro-batches each over the union: N GPUs in one
                       data-parallel job, the same examples and compute. What parallel shards can hope
@@ -195,8 +196,11 @@ def main(argv=None) -> dict:
         default="avg,nesterov",
         help="outer optimizers: avg, nesterov (factor space), avg-svd, nesterov-svd, or SPACE:LR[/MOMENTUM]",
     )
-    parser.add_argument("--fresh-opt", action="store_true", help="also run each H with the inner optimizer reset")
-    parser.add_argument("--fresh-opt-only", action="store_true", help="only the runs with the optimizer reset")
+    parser.add_argument(
+        "--optimizer",
+        default="reset",
+        help="the shards' optimizer state across rounds: reset (kit's default), kept (DiLoCo's), or reset,kept",
+    )
     parser.add_argument("--examples", type=int, default=3000)
     parser.add_argument("--smoke", action="store_true", help="cpu-tiny, 2 shards x 4 steps, H=2: seconds")
     parser.add_argument(
@@ -212,6 +216,9 @@ def main(argv=None) -> dict:
         args.preset, args.shards, args.steps, args.rounds, args.examples = "cpu-tiny", 2, 4, "2", 80
         overrides = ["eval.max_new_tokens=8", *args.set]
     hs = [int(h) for h in args.rounds.split(",") if h]
+    optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
+    if not optimizers or set(optimizers) - {"reset", "kept"}:
+        parser.error(f"--optimizer {args.optimizer!r}: use reset, kept, or reset,kept")
     bad = [h for h in hs if args.steps % h]
     if bad:
         parser.error(f"--rounds {bad}: each H must divide --steps {args.steps}")
@@ -253,8 +260,9 @@ def main(argv=None) -> dict:
         timed("one-shot", one_shot)
         for h in hs:
             for outer in args.outer.split(","):
-                for keep in (False,) if args.fresh_opt_only else (True, False) if args.fresh_opt else (True,):
-                    label = f"rounds H={h} {outer}" + ("" if keep else "-fresh-opt")
+                for optimizer in optimizers:
+                    keep = optimizer == "kept"
+                    label = f"rounds H={h} {outer}" + (" kept-opt" if keep else "")
                     out = work / "".join(c if c.isalnum() or c in "-." else "_" for c in label)
 
                     def rounds(h=h, outer=outer, keep=keep, out=out):

@@ -183,3 +183,24 @@ def test_a_checkpoint_stamped_before_data_turns_existed_is_read_with_the_new_nam
     else:
         with pytest.raises(IdentityMismatch, match=r"data.turns: 'last' -> 'all'"):
             check_resume(tmp_path, identity)
+
+
+def test_a_one_shot_checkpoint_resumed_with_rounds_stops_instead_of_mixing_two_schedules(small_split, tmp_path):
+    crashed_at(3, small_split, tmp_path)
+    with pytest.raises(IdentityMismatch, match=r"train.round_steps: 0 -> 2"):
+        train_shard(load_config("cpu-tiny", OVERRIDES + ["train.round_steps=2"]), small_split, 0, tmp_path)
+
+
+def test_a_stamp_from_before_the_round_settings_were_recorded_resumes_and_still_compares_the_rest(tmp_path):
+    from kit.identity import check_resume, run_identity
+
+    identity = run_identity(load_config("cpu-tiny", ["train.round_steps=2"]), shard=0, data_sha256="0" * 64)
+    old = json.loads(json.dumps(identity))
+    for key in ("round_steps", "round_reset_optimizer", "outer_lr", "outer_momentum", "outer_space"):
+        del old["config"]["train"][key]
+    (tmp_path / "kit_identity.json").write_text(json.dumps(old))
+    check_resume(tmp_path, identity)
+    old["config"]["train"]["lr"] = 0.5
+    (tmp_path / "kit_identity.json").write_text(json.dumps(old))
+    with pytest.raises(IdentityMismatch, match=r"train.lr: 0.5 -> 0.001"):
+        check_resume(tmp_path, identity)

@@ -20,6 +20,8 @@ def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
             "--json",
             "--outer",
             "avg,nesterov,svd:2/0.5",
+            "--optimizer",
+            "reset,kept",
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -29,7 +31,10 @@ def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     rows = report["rows"]
-    assert list(rows) == ["base", "one-shot", "rounds H=2 avg", "rounds H=2 nesterov", "rounds H=2 svd:2/0.5",
+    assert list(rows) == ["base", "one-shot",
+                          "rounds H=2 avg", "rounds H=2 avg kept-opt",
+                          "rounds H=2 nesterov", "rounds H=2 nesterov kept-opt",
+                          "rounds H=2 svd:2/0.5", "rounds H=2 svd:2/0.5 kept-opt",
                           "all data", "synchronous 2x batch"]  # fmt: skip
     assert rows["rounds H=2 nesterov"]["outer"] == {"lr": 0.7, "momentum": 0.9, "space": "factors"}
     assert rows["rounds H=2 svd:2/0.5"]["outer"] == {"lr": 2.0, "momentum": 0.5, "space": "svd"}
