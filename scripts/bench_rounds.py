@@ -85,7 +85,7 @@ def load_demo():
     return module
 
 
-def prepare(preset: str, overrides: list[str], shards: int, examples: int, work: Path):
+def prepare(preset: str, overrides: list[str], shards: int, examples: int, eval_examples: int, work: Path):
     """(cfg, tokenizer, one dataset per shard, the eval records, the demo module)."""
     from kit.config import load_config
     from kit.data.records import to_messages
@@ -96,7 +96,7 @@ def prepare(preset: str, overrides: list[str], shards: int, examples: int, work:
     demo = load_demo()
     source = work / "data.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in demo.generate(examples, seed=0)))
-    split_dataset(source, work / "split", num_shards=shards, eval_fraction=0.02, seed=0)
+    split_dataset(source, work / "split", num_shards=shards, eval_fraction=eval_examples / examples, seed=0)
     eval_records = load_eval(work / "split")
     cfg = load_config(preset, [*overrides, f"eval.generate_samples={len(eval_records)}", "train.session_hours=0"])
     tokenizer = load_tokenizer(cfg)
@@ -201,7 +201,13 @@ def main(argv=None) -> dict:
         default="reset",
         help="the shards' optimizer state across rounds: reset (kit's default), kept (DiLoCo's), or reset,kept",
     )
-    parser.add_argument("--examples", type=int, default=3000)
+    parser.add_argument("--examples", type=int, default=3000, help="demo records generated, the eval split's included")
+    parser.add_argument(
+        "--eval-examples",
+        type=int,
+        default=60,
+        help="the shared eval split (fewer --examples with more --steps: shards trained for several epochs)",
+    )
     parser.add_argument("--smoke", action="store_true", help="cpu-tiny, 2 shards x 4 steps, H=2: seconds")
     parser.add_argument(
         "--rows", default="base,one-shot,rounds,all data,synchronous", help="which rows to run (comma-separated)"
@@ -213,12 +219,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     overrides = ["eval.max_new_tokens=96", *args.set]
     if args.smoke:
-        args.preset, args.shards, args.steps, args.rounds, args.examples = "cpu-tiny", 2, 4, "2", 80
+        args.preset, args.shards, args.steps, args.rounds = "cpu-tiny", 2, 4, "2"
+        args.examples, args.eval_examples = 80, 2
         overrides = ["eval.max_new_tokens=8", *args.set]
     hs = [int(h) for h in args.rounds.split(",") if h]
     optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
     if not optimizers or set(optimizers) - {"reset", "kept"}:
         parser.error(f"--optimizer {args.optimizer!r}: use reset, kept, or reset,kept")
+    if not 0 < args.eval_examples < args.examples:
+        parser.error(f"--eval-examples {args.eval_examples}: must be between 0 and --examples {args.examples}")
     bad = [h for h in hs if args.steps % h]
     if bad:
         parser.error(f"--rounds {bad}: each H must divide --steps {args.steps}")
@@ -227,8 +236,11 @@ def main(argv=None) -> dict:
     # The Trainer prints its log lines to stdout: they go to stderr, so stdout is the report alone.
     with tempfile.TemporaryDirectory(prefix="kit-bench-rounds-") as tmp, contextlib.redirect_stdout(sys.stderr):
         work = Path(tmp)
-        cfg, tokenizer, datasets, eval_records, demo = prepare(args.preset, overrides, args.shards, args.examples, work)
+        cfg, tokenizer, datasets, eval_records, demo = prepare(
+            args.preset, overrides, args.shards, args.examples, args.eval_examples, work
+        )
 
+        shard_examples = [len(d) for d in datasets]
         wanted = {r.strip() for r in args.rows.split(",")}
 
         def timed(label, fn):
@@ -308,6 +320,7 @@ def main(argv=None) -> dict:
         "examples": args.examples,
         "overrides": args.set,
         "eval_examples": len(eval_records),
+        "shard_examples": shard_examples,
         "seconds": round(time.monotonic() - began, 1),
         "rows": rows,
     }
