@@ -134,13 +134,15 @@ class TrainSection:
     """The outer step's Nesterov momentum (0 = none)."""
     round_reset_optimizer: bool = True
     """Drop each shard's AdamW moments at every round's start (True) instead of keeping them, as DiLoCo
-    does (False). Measured better on the demo task (BENCHMARKS.md, "Rounds", cpu-demo, H=5: 0.078 vs
-    0.092 eval loss, and 0.076 vs 0.095 with a second seed): fresh moments take full-size first steps
-    from each new global."""
+    does (False). Measured better on the demo task where rounds pay, at small H (BENCHMARKS.md, "Rounds",
+    cpu-demo, 20 steps a shard: H=2 0.059 vs 0.090 eval loss; H=5 0.078 vs 0.092, 0.076 vs 0.095 with a
+    second seed); worse with only two rounds (H=10: 0.106 vs 0.093). Fresh moments take full-size first
+    steps from each new global."""
     outer_space: str = "factors"
     """Where the outer step runs (kit/rounds.py): "factors" (on A and B themselves: the shards' coordinates,
-    and so their optimizer state, kept; its error against the exact mean recorded) or "svd" (exact in dW
-    space, back to rank r by SVD; measured worse: the new basis rotates under the optimizer state)."""
+    and so any optimizer state they keep, kept; its error against the exact mean recorded) or "svd" (exact
+    in dW space, back to rank r by SVD: as good with the optimizer reset each round, much worse with
+    round_reset_optimizer=false, whose kept moments the SVD's new basis rotates under)."""
     logging_steps: int = 1
     report_to: str = "none"
     """Experiment trackers: none | trackio | tensorboard | wandb, or several ("trackio,tensorboard");
