@@ -56,6 +56,8 @@ OUTERS = {  # name: kit/rounds.py's outer step (space "factors" is kit's default
     "nesterov-svd": dict(lr=0.7, momentum=0.9, space="svd"),
 }
 
+OPTIMIZER_MODES = ("reset", "kept")  # the shards' AdamW moments at a round's start (train.round_reset_optimizer)
+
 
 def outer_spec(name: str) -> dict:
     """{lr, momentum, space} for a name of OUTERS or SPACE:LR[/MOMENTUM], e.g. factors:4 or svd:0.7/0.9."""
@@ -196,10 +198,14 @@ def main(argv=None) -> dict:
         default="avg,nesterov",
         help="outer optimizers: avg, nesterov (factor space), avg-svd, nesterov-svd, or SPACE:LR[/MOMENTUM]",
     )
+    from kit.config import TrainSection
+
+    kit_default = "reset" if TrainSection.round_reset_optimizer else "kept"  # the dataclass default: never stale
     parser.add_argument(
         "--optimizer",
-        default="reset",
-        help="the shards' optimizer state across rounds: reset (kit's default), kept (DiLoCo's), or reset,kept",
+        default=kit_default,
+        help=f"the shards' optimizer state across rounds: {' or '.join(OPTIMIZER_MODES)} (kit's default: "
+        f"{kit_default}; kept is DiLoCo's), or both comma-separated",
     )
     parser.add_argument("--examples", type=int, default=3000, help="demo records generated, the eval split's included")
     parser.add_argument(
@@ -224,8 +230,8 @@ def main(argv=None) -> dict:
         overrides = ["eval.max_new_tokens=8", *args.set]
     hs = [int(h) for h in args.rounds.split(",") if h]
     optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
-    if not optimizers or set(optimizers) - {"reset", "kept"}:
-        parser.error(f"--optimizer {args.optimizer!r}: use reset, kept, or reset,kept")
+    if not optimizers or set(optimizers) - set(OPTIMIZER_MODES):
+        parser.error(f"--optimizer {args.optimizer!r}: use {', '.join(OPTIMIZER_MODES)}, or both comma-separated")
     if not 0 < args.eval_examples < args.examples:
         parser.error(f"--eval-examples {args.eval_examples}: must be between 0 and --examples {args.examples}")
     bad = [h for h in hs if args.steps % h]
