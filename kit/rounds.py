@@ -36,20 +36,21 @@ ways, `space` (train.outer_space):
   (`rescale_like`), stored with the shards' scaling s (B / s).
 
 Why factors, measured (BENCHMARKS.md, "Rounds": cpu-demo, 4 shards x 20 steps, H=5,
-plain averaging). With each shard's optimizer state kept across rounds, factor
-space's error against the exact mean was at most 0.23% a round and its adapter
-reached eval loss 0.092 (40% task accuracy); the SVD's own error was at most 0.25%,
-yet its adapter reached only 0.157 (18%). The SVD's new basis (U, V) is a rotation
-of the coordinates the kept optimizer moments were built in; the next round's first
-steps undo it. With the moments reset each round (kit's default) the two tie: 0.0777
+plain averaging, lr 1e-3). With each shard's optimizer state kept across rounds (kit's
+default), factor space's error against the exact mean was at most 0.23% a round and
+its adapter reached eval loss 0.092 (40% task accuracy); the SVD's own error was at
+most 0.25%, yet its adapter reached only 0.157 (18%). The SVD's new basis (U, V) is a
+rotation of the coordinates the kept optimizer moments were built in; the next
+round's first steps undo it. With the moments reset each round the two tie: 0.0777
 (factors) and 0.0772 (svd), 53% each. Factors are right either way, and cost no SVD.
 
 A shard's side: its Trainer keeps max_steps for the whole shard (one learning-rate
 schedule over every round); RoundBoundary ends each `train()` with a checkpoint at a
 multiple of H; the next round resumes that checkpoint (data position, RNG, and the
-inner optimizer state, which DiLoCo keeps and kit by default drops: measured better
-with fresh moments, train.round_reset_optimizer) and RoundStart copies the round's
-global adapter into the LoRA weights in place before the first step.
+inner optimizer state, which DiLoCo and kit keep; train.round_reset_optimizer drops
+it) and RoundStart copies the round's global adapter into the LoRA weights in place
+before the first step. The shards train at `shard_lr`: N times the one-shard lr by
+default, as a data-parallel job with an N-times batch would (measured best, below).
 scripts/bench_rounds.py runs a fleet of rounds this way in one process.
 """
 
@@ -257,11 +258,21 @@ def checkpoint_round(checkpoint: str | Path, round_steps: int) -> int:
     return -(-checkpoint_step(checkpoint) // round_steps)
 
 
+def shard_lr(train_cfg, num_shards: int) -> float:
+    """The learning rate each shard trains at in rounds: train.round_lr, or (0, the default) train.lr times
+    the number of shards. Why: every round the fleet applies the mean of N shards' updates, which is what
+    one step of an N-times batch is to a data-parallel job, and such a job takes N times the lr (the
+    linear-scaling rule). Measured on cpu-demo, 4 shards x 20 steps, H=2 with the moments kept (BENCHMARKS.md,
+    "Rounds"): eval loss 0.090 at the one-shard lr (1e-3), 0.065 at 2e-3, 0.039 at 4e-3; the synchronous
+    4x-batch job was best at 4e-3 as well. One-shot shards (round_steps 0) train at train.lr."""
+    return train_cfg.round_lr or train_cfg.lr * num_shards
+
+
 class RoundStart(TrainerCallback):
     """When a round's `train()` begins (after the Trainer restored the shard's checkpoint), set the
     LoRA weights to the round's global adapter, in place, so the optimizer keeps its state for them
-    (DiLoCo's way); `reset_optimizer` drops that state instead (kit's default, train.round_reset_optimizer:
-    measured better, BENCHMARKS.md "Rounds").
+    (DiLoCo's way, and kit's default); `reset_optimizer` drops that state instead
+    (train.round_reset_optimizer: better only at too low a learning rate, BENCHMARKS.md "Rounds").
 
     With `round_steps`, only at a round's first step: a shard resumed mid-round (its session ended
     there) continues its own checkpoint's weights, exactly as an uninterrupted round would. With

@@ -32,8 +32,10 @@ pulls the latest complete checkpoint and continues.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,7 @@ from kit.checkpoints import (
     remove_incomplete_checkpoints,
 )
 from kit.collator import SFTCollator
-from kit.config import RunConfig, config_warnings
+from kit.config import LORA_LR_RANGE, RunConfig, config_warnings
 from kit.data.prompts import prompt_recipe
 from kit.data.records import to_messages
 from kit.data.shards import fetch_split, load_eval, load_shard, read_manifest
@@ -60,7 +62,7 @@ from kit.errors import DataError, KitError
 from kit.evaluate import evaluate_model, generate_answers
 from kit.files import folder_written_whole, read_json, write_json_atomic, write_text_atomic
 from kit.identity import IdentityStamp, check_resume, finished_differences, run_identity
-from kit.layout import ADAPTER_INFO, ShardPaths, cache_folder, round_folder, shard_file
+from kit.layout import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, ShardPaths, cache_folder, round_folder, shard_file
 from kit.loss import labelled_loss_trainer
 from kit.model import add_lora, load_base_model, load_tokenizer
 from kit.oom import train_with_oom_backoff
@@ -68,7 +70,7 @@ from kit.platform import check_platform_packages, quantization_in_effect, resolv
 from kit.progress import ProgressBar
 from kit.remote import FolderRemote
 from kit.round_store import RoundStore
-from kit.rounds import Outer, RoundBoundary, RoundStart, checkpoint_round
+from kit.rounds import Outer, RoundBoundary, RoundStart, checkpoint_round, shard_lr
 from kit.sync import ShardSync, open_shard_sync
 from kit.trackers import TrackerNames, check_tracker_packages, tracker_arguments, tracker_callbacks, tracker_names
 from kit.wheel import kit_version
@@ -193,6 +195,14 @@ def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbac
     if cfg.train.round_steps and world_size() > 1:
         raise KitError("train.round_steps runs one process per shard for now: set train.round_steps=0 under torchrun")
     if cfg.train.round_steps:  # fleet rounds: the shards meet through the run's remote every round_steps
+        lr, t = shard_lr(cfg.train, data.num_shards), cfg.train
+        rule = "train.round_lr" if t.round_lr else f"train.lr {t.lr:g} x {data.num_shards} shards"
+        print0(f"shard {shard}: rounds of {t.round_steps} steps at lr {lr:g} ({rule})")
+        low, high = LORA_LR_RANGE
+        if not low <= lr <= high:
+            print0(
+                f"warning: the shards' lr {lr:g} is far outside LoRA's usual {low:g} to {high:g}; set train.round_lr"
+            )
         remote = sync.remote if isinstance(sync, ShardSync) else FolderRemote(output)
         trainer, result = run.train_rounds(resume, RoundStore(remote, paths.dir / ".rounds"))
     else:
@@ -474,7 +484,11 @@ class ShardRun:
         ]
 
     def make_trainer(self, cfg: RunConfig):
-        """A fresh model each try: an OOM retry must not reuse a half-stepped one."""
+        """A fresh model each try: an OOM retry must not reuse a half-stepped one. In rounds the Trainer
+        takes the shards' lr (kit/rounds.py's shard_lr); `cfg` keeps the user's, which the identity stamps."""
+        if cfg.train.round_steps:
+            cfg = copy.deepcopy(cfg)
+            cfg.train.lr = shard_lr(cfg.train, self.data.num_shards)
         return build_trainer(
             cfg, self.data.dataset, self.data.tokenizer, self.paths.dir, self.callbacks(), trackers=self.trackers
         )
@@ -509,6 +523,9 @@ class ShardRun:
                 done = checkpoint_round(resume, h) if resume else 0
                 newest = store.newest_global()
                 if done > newest:  # round `done` has no global yet: an earlier session ended while it waited
+                    if self.main and self.paths.shard not in store.arrived(done):
+                        # ... or before it pushed: the round's checkpoint holds the adapter the others wait for
+                        self.push_round_adapter(store, done, resume)
                     if self.wait_for_round(store, done, step) is None:
                         return trainer, result
                     newest = max(store.newest_global(), done)
@@ -535,9 +552,7 @@ class ShardRun:
                 store.push_global(0, self.round_init)  # every shard has this init (lora.init_seed): any pushes it
             ended = end % h == 0 and end > step
             if self.main and ended:
-                adapter = self.paths.dir / ".round-adapter"
-                trainer.model.save_pretrained(adapter)
-                store.push_shard(round_, self.paths.shard, adapter, end - step, len(self.data.dataset), Outer.of(t))
+                self.push_round_adapter(store, round_, trainer.model)
             if ended and round_ >= last_round and self.main:
                 # The last round: whoever arrives last makes the fleet's final global (or the merge notebook does).
                 if set(range(self.data.num_shards)) <= set(store.arrived(round_)):
@@ -547,6 +562,21 @@ class ShardRun:
             if self.wait_for_round(store, round_, end) is None:
                 return trainer, result
             resume = latest_complete_checkpoint(self.paths.dir)
+
+    def push_round_adapter(self, store: RoundStore, round_: int, source) -> None:
+        """This shard's adapter after round `round_`, from the trained model, or from the checkpoint that ends
+        the round (RoundBoundary saves one at every boundary): a session that died between that save and
+        this push pushes the same adapter when it resumes, instead of waiting for a round that waits for it."""
+        adapter = self.paths.dir / ".round-adapter"
+        shutil.rmtree(adapter, ignore_errors=True)
+        if isinstance(source, Path):
+            adapter.mkdir(parents=True)
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                shutil.copy2(source / name, adapter / name)
+        else:
+            source.save_pretrained(adapter)
+        t = self.cfg.train
+        store.push_shard(round_, self.paths.shard, adapter, t.round_steps, len(self.data.dataset), Outer.of(t))
 
     def wait_for_round(self, store: RoundStore, round_: int, step: int) -> Path | None:
         """Round `round_`'s global, or None when the session's budget ends first (then stopped for time)."""

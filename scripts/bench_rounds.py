@@ -1,6 +1,6 @@
 """Benchmark: fleet rounds (kit/rounds.py) against the one-shot merge and one adapter trained on all the data.
 
-    .venv/bin/python scripts/bench_rounds.py                       # cpu-demo, 4 shards x 20 steps (~1 h on 2 cores)
+    .venv/bin/python scripts/bench_rounds.py                       # cpu-demo, 4 shards x 20 steps (~50 min on 2 cores)
     .venv/bin/python scripts/bench_rounds.py --steps 8 --rounds 4 --outer avg --json   # a shorter run
     .venv/bin/python scripts/bench_rounds.py --smoke --json        # tiny model, a minute (tests/scripts/)
 
@@ -14,20 +14,25 @@ Rows:
     base              the model without an adapter
     one-shot          each shard trains S steps alone; kit's exact average of the N adapters
     rounds H=..       each shard trains H steps from the round's global adapter, its AdamW moments
-                      reset at each round's start (kit's default, train.round_reset_optimizer);
+                      kept across rounds (DiLoCo's way and kit's default), at kit's rounds lr
+                      (kit/rounds.py's shard_lr: train.lr x N, or train.round_lr);
                       the outer step (kit/rounds.py) makes the next global:
                       `avg` = plain averaging (outer lr 1, no momentum), `nesterov` = DiLoCo's
                       Nesterov momentum (outer lr 0.7, momentum 0.9, DiLoCo's published values),
                       both on the factors (kit's default); `avg-svd`, `nesterov-svd` in dW space with
                       an SVD back to rank r; SPACE:LR[/MOMENTUM] any other (factors:4 = the sum);
-                      ` kept-opt` rows keep each shard's optimizer state across rounds (DiLoCo's way)
+                      ` reset-opt` rows drop each shard's moments at every round's start
+                      (train.round_reset_optimizer=true)
     all data          one adapter, N*S steps over the union of the shards (N times the sequential steps)
     synchronous Nx batch   one adapter, S steps of N micro-batches each over the union: N GPUs in one
-                      data-parallel job, the same examples and compute. What parallel shards can hope
-                      for: DiLoCo's claim is rounds matching this, not the N*S sequential steps above
+                      data-parallel job, the same examples and compute, at the rounds' lr (the N-times
+                      batch's). What parallel shards can hope for: DiLoCo's claim is rounds matching
+                      this, not the N*S sequential steps above
+
+One-shot and all data train at train.lr (one shard's batch).
 
 Per row: eval loss, JSON validity, task accuracy, the adapter bytes each shard uploaded
-(one adapter per round; one in all for one-shot), and seconds. No network.
+(one adapter per round; one in all for one-shot), the lr, and seconds. No network.
 """
 
 from __future__ import annotations
@@ -134,11 +139,12 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
     from kit.layout import ADAPTER_WEIGHTS
     from kit.merge import load_adapters
     from kit.model import add_lora, load_base_model
-    from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global
+    from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global, shard_lr
     from kit.train import build_trainer
 
     spec = outer_spec(outer)
     shard_cfg = with_steps(cfg, steps)
+    shard_cfg.train.lr = shard_lr(cfg.train, len(datasets))  # kit's: train.lr x N unless train.round_lr
     global_dir = out / "rounds" / "000" / "global"
     add_lora(load_base_model(cfg), cfg).save_pretrained(global_dir)  # round 0: the shared LoRA init
     state, uploaded, records = None, [0] * len(datasets), []
@@ -198,14 +204,11 @@ def main(argv=None) -> dict:
         default="avg,nesterov",
         help="outer optimizers: avg, nesterov (factor space), avg-svd, nesterov-svd, or SPACE:LR[/MOMENTUM]",
     )
-    from kit.config import TrainSection
-
-    kit_default = "reset" if TrainSection.round_reset_optimizer else "kept"  # the dataclass default: never stale
     parser.add_argument(
         "--optimizer",
-        default=kit_default,
-        help=f"the shards' optimizer state across rounds: {' or '.join(OPTIMIZER_MODES)} (kit's default: "
-        f"{kit_default}; kept is DiLoCo's), or both comma-separated",
+        default=None,
+        help=f"the shards' optimizer state across rounds: {' or '.join(OPTIMIZER_MODES)} (kept is DiLoCo's), or "
+        "both comma-separated; default: the preset's train.round_reset_optimizer, --set's included",
     )
     parser.add_argument("--examples", type=int, default=3000, help="demo records generated, the eval split's included")
     parser.add_argument(
@@ -229,8 +232,8 @@ def main(argv=None) -> dict:
         args.examples, args.eval_examples = 80, 2
         overrides = ["eval.max_new_tokens=8", *args.set]
     hs = [int(h) for h in args.rounds.split(",") if h]
-    optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
-    if not optimizers or set(optimizers) - set(OPTIMIZER_MODES):
+    optimizers = [o.strip() for o in (args.optimizer or "").split(",") if o.strip()]
+    if args.optimizer is not None and (not optimizers or set(optimizers) - set(OPTIMIZER_MODES)):
         parser.error(f"--optimizer {args.optimizer!r}: use {', '.join(OPTIMIZER_MODES)}, or both comma-separated")
     if not 0 < args.eval_examples < args.examples:
         parser.error(f"--eval-examples {args.eval_examples}: must be between 0 and --examples {args.examples}")
@@ -247,6 +250,8 @@ def main(argv=None) -> dict:
         )
 
         shard_examples = [len(d) for d in datasets]
+        if not optimizers:  # the run's own setting, so `--set train.round_reset_optimizer=false` keeps moments
+            optimizers = ["reset" if cfg.train.round_reset_optimizer else "kept"]
         wanted = {r.strip() for r in args.rows.split(",")}
 
         def timed(label, fn):
@@ -273,23 +278,26 @@ def main(argv=None) -> dict:
                 train_alone(cfg, d, tokenizer, work / f"one-shot-{i}", args.steps) for i, d in enumerate(datasets)
             ]
             merge_adapters(adapters, work / "one-shot-merged", method="exact")
-            return work / "one-shot-merged", (adapters[0] / ADAPTER_WEIGHTS).stat().st_size, {}
+            return work / "one-shot-merged", (adapters[0] / ADAPTER_WEIGHTS).stat().st_size, {"lr": cfg.train.lr}
 
         timed("one-shot", one_shot)
         for h in hs:
             for outer in args.outer.split(","):
                 for optimizer in optimizers:
                     keep = optimizer == "kept"
-                    label = f"rounds H={h} {outer}" + (" kept-opt" if keep else "")
+                    label = f"rounds H={h} {outer}" + ("" if keep else " reset-opt")
                     out = work / "".join(c if c.isalnum() or c in "-." else "_" for c in label)
 
                     def rounds(h=h, outer=outer, keep=keep, out=out):
+                        from kit.rounds import shard_lr
+
                         adapter, uploaded, records = run_rounds(
                             cfg, datasets, tokenizer, out, args.steps, h, outer, keep
                         )
                         extra = {
                             "rounds": len(records),
                             "outer": outer_spec(outer),
+                            "lr": shard_lr(cfg.train, len(datasets)),
                         }
                         for key in ("svd_error", "factor_error"):
                             errors = [r[key] for r in records if key in r]
@@ -304,7 +312,7 @@ def main(argv=None) -> dict:
 
             merged = concatenate_datasets(datasets)
             adapter = train_alone(cfg, merged, tokenizer, work / "all-data", args.steps * args.shards)
-            return adapter, 0, {}
+            return adapter, 0, {"lr": cfg.train.lr}
 
         timed("all data", all_data)
 
@@ -313,10 +321,13 @@ def main(argv=None) -> dict:
             # gradient of N micro-batches (grad_accum N is DDP's all-reduce, on one process).
             from datasets import concatenate_datasets
 
+            from kit.rounds import shard_lr
+
             wide = with_steps(cfg, args.steps)
             wide.train.grad_accum = cfg.train.grad_accum * args.shards
+            wide.train.lr = shard_lr(cfg.train, args.shards)  # an N-times batch takes the rounds' N-times lr
             merged = concatenate_datasets(datasets)
-            return train_alone(wide, merged, tokenizer, work / "synchronous", args.steps), 0, {}
+            return train_alone(wide, merged, tokenizer, work / "synchronous", args.steps), 0, {"lr": wide.train.lr}
 
         timed(f"synchronous {args.shards}x batch", synchronous)
     report = {

@@ -14,9 +14,11 @@
    does not beat the base model on eval loss and JSON validity.
 
 With --rounds H (fleet rounds, train.round_steps=H; kit/rounds.py) steps 3 and 4 run
-side by side: both shards meet every H steps through the run folder, and shard 1 is
-killed mid-round and run again while shard 0 waits for it at the round's end. The merge
-notebook then finds the fleet's last global (made by whichever shard arrived last).
+side by side, each on half the cores: both shards meet every H steps through the run
+folder, and shard 1 is killed after its first checkpoint (mid-round, or at a round's end
+before its push: either resumes) and run again while shard 0 waits for it at the round's
+end. The merge notebook then finds the fleet's last global (made by whichever shard
+arrived last). The shards train at kit's rounds lr, train.lr x 2 (kit/rounds.py).
 
     .venv/bin/python scripts/demo.py --rounds 10     # 3 rounds of 10 steps
 
@@ -49,8 +51,12 @@ PRESET = "cpu-demo"
 N_RECORDS = 3000
 
 
-def run_notebook(name: str, out_dir: Path, params: dict, label: str) -> subprocess.Popen:
-    """Start papermill on notebooks/NAME.ipynb in the background; its output notebook is kept."""
+def run_notebook(name: str, out_dir: Path, params: dict, label: str, threads: int = 0) -> subprocess.Popen:
+    """Start papermill on notebooks/NAME.ipynb in the background; its output notebook is kept.
+
+    threads > 0 caps the kernel's torch threads (OMP_NUM_THREADS): two shards side by side each take half
+    the cores, instead of each spawning one thread per core and both spinning on the same cores.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -61,7 +67,10 @@ def run_notebook(name: str, out_dir: Path, params: dict, label: str) -> subproce
     for key, value in params.items():
         cmd += ["-p", key, str(value)]
     cmd += ["--cwd", str(ROOT), "--log-output", "--no-progress-bar"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
 
 
 def wait(proc: subprocess.Popen, label: str) -> None:
@@ -180,7 +189,8 @@ def main() -> None:
         rounds = f"train.round_steps={args.rounds}; train.save_steps={max(args.rounds // 2, 1)}; train.logging_steps=1"
         overrides = "; ".join(x for x in (args.set, rounds, "train.round_timeout_minutes=30") if x)
     train = {"preset": args.preset, "data": shards, "output": run, "overrides": overrides}
-    first = run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00")
+    threads = max(1, (os.cpu_count() or 2) // 2) if args.rounds else 0  # with rounds both shards train at once
+    first = run_notebook("train_shard", nb_dir, {**train, "shard_index": 0}, "train-shard-00", threads)
     if args.rounds:
         print(f"3/5 train shards 0 and 1 side by side, meeting every {args.rounds} steps (notebooks/train_shard.ipynb)")
         beside = threading.Thread(target=drain, args=(first, "train-shard-00"))  # its output, while shard 1 runs
@@ -191,10 +201,11 @@ def main() -> None:
 
     print("4/5 train shard 1, killed mid-run, then run again")
     try:
-        proc = run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01-interrupted")
+        second = {**train, "shard_index": 1}
+        proc = run_notebook("train_shard", nb_dir, second, "train-shard-01-interrupted", threads)
         killed_at = interrupt_after_checkpoint(proc, run / "shard-01", "train-shard-01")
         print(f"  killed the kernel at step {killed_at}; running the notebook again")
-        wait(run_notebook("train_shard", nb_dir, {**train, "shard_index": 1}, "train-shard-01"), "train-shard-01")
+        wait(run_notebook("train_shard", nb_dir, second, "train-shard-01", threads), "train-shard-01")
     except SystemExit:
         if args.rounds:  # shard 0 would wait for its partner until the round's deadline: stop it too
             kill_tree(first)

@@ -74,6 +74,61 @@ def test_a_shard_killed_mid_round_resumes_its_round_exactly(small_split, tmp_pat
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+def test_a_shard_killed_after_its_rounds_checkpoint_but_before_its_push_pushes_it_when_it_resumes(
+    small_split, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    from kit.config import load_config
+    from kit.round_store import RoundStore
+    from kit.train import train_shard
+
+    cfg = load_config("cpu-tiny", [*ROUNDS, "train.round_timeout_minutes=0.05"])  # shard 1 never comes
+    train_shard(cfg, small_split, 0, tmp_path / "whole")
+    push = RoundStore.push_shard
+
+    def die_before_the_push(self, *args, **kwargs):  # the session ends between the boundary's save and the push
+        monkeypatch.setattr(RoundStore, "push_shard", push)
+        raise Disconnect("simulated disconnect before the round adapter's push")
+
+    monkeypatch.setattr(RoundStore, "push_shard", die_before_the_push)
+    with pytest.raises(Disconnect):
+        train_shard(cfg, small_split, 0, tmp_path / "cut")
+    rounds = tmp_path / "cut" / "rounds" / "001"
+    assert (tmp_path / "cut" / "shard-00" / "checkpoint-2" / "COMPLETE").is_file() and not (
+        rounds / "shard-00"
+    ).exists()
+
+    # Resumed at the round's end: it pushes that round's adapter (the round waits for it), then trains round 2.
+    resumed = train_shard(cfg, small_split, 0, tmp_path / "cut")
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    info = json.loads((rounds / "shard-00" / "kit_round.json").read_text())
+    assert info["round"] == 1 and info["steps"] == 2
+    for name in ("rounds/001/shard-00", "rounds/001/global", "shard-00/adapter"):
+        a, b = (load_file(str(tmp_path / run / name / "adapter_model.safetensors")) for run in ("whole", "cut"))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
+
+
+def test_shards_in_rounds_train_at_the_lr_times_the_shards_unless_train_round_lr_says(small_split, tmp_path, capsys):
+    from kit.config import load_config
+    from kit.train import train_shard
+
+    def first_lr(run):
+        state = json.loads((tmp_path / run / "shard-00" / "checkpoint-4" / "trainer_state.json").read_text())
+        return next(e["learning_rate"] for e in state["log_history"] if "learning_rate" in e)
+
+    overrides = [*ROUNDS, "train.round_timeout_minutes=0.05"]  # shard 1 never comes; the split has 2 shards
+    cfg = load_config("cpu-tiny", overrides)
+    train_shard(cfg, small_split, 0, tmp_path / "rule")
+    assert first_lr("rule") == pytest.approx(2 * cfg.train.lr)
+    assert (
+        f"rounds of 2 steps at lr {2 * cfg.train.lr:g} (train.lr {cfg.train.lr:g} x 2 shards)"
+        in capsys.readouterr().out
+    )
+    train_shard(load_config("cpu-tiny", [*overrides, "train.round_lr=3e-4"]), small_split, 0, tmp_path / "set")
+    assert first_lr("set") == pytest.approx(3e-4)
+
+
 def test_the_fleet_status_shows_the_round_each_shard_is_in_and_what_it_waits_for():
     from datetime import datetime, timezone
 
