@@ -134,14 +134,9 @@ class TrainSection:
     """The outer step's Nesterov momentum (0 = none)."""
     round_reset_optimizer: bool = False
     """Drop each shard's AdamW moments at every round's start (True); False keeps them, as DiLoCo does.
-    Kept is measured better at the rounds' learning rate (round_lr), BENCHMARKS.md "Rounds"
-    (cpu-demo, 4 shards x 20 steps, lr 4e-3: H=2 0.039 vs 0.080 eval loss). Dropping them only pays when
-    the shards train at the one-shard lr, too low for them: fresh moments take full-size first steps."""
-    round_lr: float = 0.0
-    """The shards' learning rate in rounds; 0 = train.lr times the split's number of shards, the rule of a
-    data-parallel job with an N-times batch: the fleet's averaged update is one of an N-times batch. Measured
-    on the demo task (4 shards, train.lr 1e-3; BENCHMARKS.md "Rounds", H=2): the rounds' eval loss at 1, 2,
-    4 and 8e-3 was 0.090, 0.065, 0.039 and 0.078; the synchronous 4x-batch job's was best at 4e-3 too."""
+    Kept is measured better with each at its best lr (BENCHMARKS.md "Rounds", cpu-demo, 4 shards x 20
+    steps, H=2: kept 0.039 eval loss at lr 4e-3, reset 0.059 at its best, 1e-3). Dropping them only pays
+    at an lr too low for the run: fresh moments take full-size first steps, which make up for it."""
     outer_space: str = "factors"
     """Where the outer step runs (kit/rounds.py): "factors" (on A and B themselves: the shards' coordinates,
     and so any optimizer state they keep, kept; its error against the exact mean recorded) or "svd" (exact
@@ -325,8 +320,6 @@ def validate(cfg: RunConfig) -> list[str]:
         errors.append(
             f"train.round_steps={t.round_steps}: must be 0 (no rounds) or divide train.max_steps={t.max_steps}"
         )
-    if t.round_lr < 0:
-        errors.append(f"train.round_lr={t.round_lr}: must be 0 (train.lr times the shards) or positive")
     if t.outer_lr <= 0 or not 0 <= t.outer_momentum < 1 or t.round_timeout_minutes <= 0:
         errors.append(
             f"train.outer_lr={t.outer_lr}, train.outer_momentum={t.outer_momentum}, train.round_timeout_minutes="

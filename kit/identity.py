@@ -7,8 +7,8 @@
 The identity is the shard's data (its file's sha256 in the split's manifest)
 and the settings that change the math: the base model and its quantization,
 LoRA, max_length and packing, the optimizer, schedule, seed, step count, the
-global batch, and the fleet rounds' settings (H, the optimizer reset, the shards'
-lr, the outer step). Left out on purpose: precision, attention kernel and the
+global batch, and the fleet rounds' settings (H, the optimizer reset, the outer
+step). Left out on purpose: precision, attention kernel and the
 micro-batch/accumulation split, which a resume on another GPU (a T4 after an
 A100, one GPU after two) may change while the math stays that of the run; and
 round_timeout_minutes, how long a shard waits, which any session may change.
@@ -42,7 +42,6 @@ MATH_KEYS = {
         # optimizer carries across, and the outer step what the globals are (each shard records it).
         "round_steps",
         "round_reset_optimizer",
-        "round_lr",
         "outer_lr",
         "outer_momentum",
         "outer_space",

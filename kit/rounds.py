@@ -49,8 +49,7 @@ schedule over every round); RoundBoundary ends each `train()` with a checkpoint 
 multiple of H; the next round resumes that checkpoint (data position, RNG, and the
 inner optimizer state, which DiLoCo and kit keep; train.round_reset_optimizer drops
 it) and RoundStart copies the round's global adapter into the LoRA weights in place
-before the first step. The shards train at `shard_lr`: N times the one-shard lr by
-default, as a data-parallel job with an N-times batch would (measured best, below).
+before the first step.
 scripts/bench_rounds.py runs a fleet of rounds this way in one process.
 """
 
@@ -256,16 +255,6 @@ def checkpoint_round(checkpoint: str | Path, round_steps: int) -> int:
     if mark.is_file():
         return int(read_json(mark)["round"])
     return -(-checkpoint_step(checkpoint) // round_steps)
-
-
-def shard_lr(train_cfg, num_shards: int) -> float:
-    """The learning rate each shard trains at in rounds: train.round_lr, or (0, the default) train.lr times
-    the number of shards. Why: every round the fleet applies the mean of N shards' updates, which is what
-    one step of an N-times batch is to a data-parallel job, and such a job takes N times the lr (the
-    linear-scaling rule). Measured on cpu-demo, 4 shards x 20 steps, H=2 with the moments kept (BENCHMARKS.md,
-    "Rounds"): eval loss 0.090 at the one-shard lr (1e-3), 0.065 at 2e-3, 0.039 at 4e-3; the synchronous
-    4x-batch job was best at 4e-3 as well. One-shot shards (round_steps 0) train at train.lr."""
-    return train_cfg.round_lr or train_cfg.lr * num_shards
 
 
 class RoundStart(TrainerCallback):

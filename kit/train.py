@@ -32,7 +32,6 @@ pulls the latest complete checkpoint and continues.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -52,7 +51,7 @@ from kit.checkpoints import (
     remove_incomplete_checkpoints,
 )
 from kit.collator import SFTCollator
-from kit.config import LORA_LR_RANGE, RunConfig, config_warnings
+from kit.config import RunConfig, config_warnings
 from kit.data.prompts import prompt_recipe
 from kit.data.records import to_messages
 from kit.data.shards import fetch_split, load_eval, load_shard, read_manifest
@@ -70,7 +69,7 @@ from kit.platform import check_platform_packages, quantization_in_effect, resolv
 from kit.progress import ProgressBar
 from kit.remote import FolderRemote
 from kit.round_store import RoundStore
-from kit.rounds import Outer, RoundBoundary, RoundStart, checkpoint_round, shard_lr
+from kit.rounds import Outer, RoundBoundary, RoundStart, checkpoint_round
 from kit.sync import ShardSync, open_shard_sync
 from kit.trackers import TrackerNames, check_tracker_packages, tracker_arguments, tracker_callbacks, tracker_names
 from kit.wheel import kit_version
@@ -195,14 +194,6 @@ def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbac
     if cfg.train.round_steps and world_size() > 1:
         raise KitError("train.round_steps runs one process per shard for now: set train.round_steps=0 under torchrun")
     if cfg.train.round_steps:  # fleet rounds: the shards meet through the run's remote every round_steps
-        lr, t = shard_lr(cfg.train, data.num_shards), cfg.train
-        rule = "train.round_lr" if t.round_lr else f"train.lr {t.lr:g} x {data.num_shards} shards"
-        print0(f"shard {shard}: rounds of {t.round_steps} steps at lr {lr:g} ({rule})")
-        low, high = LORA_LR_RANGE
-        if not low <= lr <= high:
-            print0(
-                f"warning: the shards' lr {lr:g} is far outside LoRA's usual {low:g} to {high:g}; set train.round_lr"
-            )
         remote = sync.remote if isinstance(sync, ShardSync) else FolderRemote(output)
         trainer, result = run.train_rounds(resume, RoundStore(remote, paths.dir / ".rounds"))
     else:
@@ -484,11 +475,7 @@ class ShardRun:
         ]
 
     def make_trainer(self, cfg: RunConfig):
-        """A fresh model each try: an OOM retry must not reuse a half-stepped one. In rounds the Trainer
-        takes the shards' lr (kit/rounds.py's shard_lr); `cfg` keeps the user's, which the identity stamps."""
-        if cfg.train.round_steps:
-            cfg = copy.deepcopy(cfg)
-            cfg.train.lr = shard_lr(cfg.train, self.data.num_shards)
+        """A fresh model each try: an OOM retry must not reuse a half-stepped one."""
         return build_trainer(
             cfg, self.data.dataset, self.data.tokenizer, self.paths.dir, self.callbacks(), trackers=self.trackers
         )

@@ -14,8 +14,7 @@ Rows:
     base              the model without an adapter
     one-shot          each shard trains S steps alone; kit's exact average of the N adapters
     rounds H=..       each shard trains H steps from the round's global adapter, its AdamW moments
-                      kept across rounds (DiLoCo's way and kit's default), at kit's rounds lr
-                      (kit/rounds.py's shard_lr: train.lr x N, or train.round_lr);
+                      kept across rounds (DiLoCo's way and kit's default);
                       the outer step (kit/rounds.py) makes the next global:
                       `avg` = plain averaging (outer lr 1, no momentum), `nesterov` = DiLoCo's
                       Nesterov momentum (outer lr 0.7, momentum 0.9, DiLoCo's published values),
@@ -25,11 +24,11 @@ Rows:
                       (train.round_reset_optimizer=true)
     all data          one adapter, N*S steps over the union of the shards (N times the sequential steps)
     synchronous Nx batch   one adapter, S steps of N micro-batches each over the union: N GPUs in one
-                      data-parallel job, the same examples and compute, at the rounds' lr (the N-times
-                      batch's). What parallel shards can hope for: DiLoCo's claim is rounds matching
-                      this, not the N*S sequential steps above
+                      data-parallel job, the same examples and compute. What parallel shards can hope
+                      for: DiLoCo's claim is rounds matching this, not the N*S sequential steps above
 
-One-shot and all data train at train.lr (one shard's batch).
+Every row trains at train.lr: compare rows at their own best lr with `--set train.lr=...` (BENCHMARKS.md:
+the S-step rows and the N*S-step row want different ones).
 
 Per row: eval loss, JSON validity, task accuracy, the adapter bytes each shard uploaded
 (one adapter per round; one in all for one-shot), the lr, and seconds. No network.
@@ -139,12 +138,11 @@ def run_rounds(cfg, datasets, tokenizer, out: Path, steps: int, round_steps: int
     from kit.layout import ADAPTER_WEIGHTS
     from kit.merge import load_adapters
     from kit.model import add_lora, load_base_model
-    from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global, shard_lr
+    from kit.rounds import RoundBoundary, RoundStart, outer_step, save_global
     from kit.train import build_trainer
 
     spec = outer_spec(outer)
     shard_cfg = with_steps(cfg, steps)
-    shard_cfg.train.lr = shard_lr(cfg.train, len(datasets))  # kit's: train.lr x N unless train.round_lr
     global_dir = out / "rounds" / "000" / "global"
     add_lora(load_base_model(cfg), cfg).save_pretrained(global_dir)  # round 0: the shared LoRA init
     state, uploaded, records = None, [0] * len(datasets), []
@@ -289,15 +287,13 @@ def main(argv=None) -> dict:
                     out = work / "".join(c if c.isalnum() or c in "-." else "_" for c in label)
 
                     def rounds(h=h, outer=outer, keep=keep, out=out):
-                        from kit.rounds import shard_lr
-
                         adapter, uploaded, records = run_rounds(
                             cfg, datasets, tokenizer, out, args.steps, h, outer, keep
                         )
                         extra = {
                             "rounds": len(records),
                             "outer": outer_spec(outer),
-                            "lr": shard_lr(cfg.train, len(datasets)),
+                            "lr": cfg.train.lr,
                         }
                         for key in ("svd_error", "factor_error"):
                             errors = [r[key] for r in records if key in r]
@@ -321,11 +317,8 @@ def main(argv=None) -> dict:
             # gradient of N micro-batches (grad_accum N is DDP's all-reduce, on one process).
             from datasets import concatenate_datasets
 
-            from kit.rounds import shard_lr
-
             wide = with_steps(cfg, args.steps)
             wide.train.grad_accum = cfg.train.grad_accum * args.shards
-            wide.train.lr = shard_lr(cfg.train, args.shards)  # an N-times batch takes the rounds' N-times lr
             merged = concatenate_datasets(datasets)
             return train_alone(wide, merged, tokenizer, work / "synchronous", args.steps), 0, {"lr": wide.train.lr}
 

@@ -18,7 +18,7 @@ side by side, each on half the cores: both shards meet every H steps through the
 folder, and shard 1 is killed after its first checkpoint (mid-round, or at a round's end
 before its push: either resumes) and run again while shard 0 waits for it at the round's
 end. The merge notebook then finds the fleet's last global (made by whichever shard
-arrived last). The shards train at kit's rounds lr, train.lr x 2 (kit/rounds.py).
+arrived last).
 
     .venv/bin/python scripts/demo.py --rounds 10     # 3 rounds of 10 steps
 

@@ -196,7 +196,7 @@ def test_a_stamp_from_before_the_round_settings_were_recorded_resumes_and_still_
 
     identity = run_identity(load_config("cpu-tiny", ["train.round_steps=2"]), shard=0, data_sha256="0" * 64)
     old = json.loads(json.dumps(identity))
-    for key in ("round_steps", "round_reset_optimizer", "round_lr", "outer_lr", "outer_momentum", "outer_space"):
+    for key in ("round_steps", "round_reset_optimizer", "outer_lr", "outer_momentum", "outer_space"):
         del old["config"]["train"][key]
     (tmp_path / "kit_identity.json").write_text(json.dumps(old))
     check_resume(tmp_path, identity)

@@ -109,26 +109,6 @@ def test_a_shard_killed_after_its_rounds_checkpoint_but_before_its_push_pushes_i
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
 
 
-def test_shards_in_rounds_train_at_the_lr_times_the_shards_unless_train_round_lr_says(small_split, tmp_path, capsys):
-    from kit.config import load_config
-    from kit.train import train_shard
-
-    def first_lr(run):
-        state = json.loads((tmp_path / run / "shard-00" / "checkpoint-4" / "trainer_state.json").read_text())
-        return next(e["learning_rate"] for e in state["log_history"] if "learning_rate" in e)
-
-    overrides = [*ROUNDS, "train.round_timeout_minutes=0.05"]  # shard 1 never comes; the split has 2 shards
-    cfg = load_config("cpu-tiny", overrides)
-    train_shard(cfg, small_split, 0, tmp_path / "rule")
-    assert first_lr("rule") == pytest.approx(2 * cfg.train.lr)
-    assert (
-        f"rounds of 2 steps at lr {2 * cfg.train.lr:g} (train.lr {cfg.train.lr:g} x 2 shards)"
-        in capsys.readouterr().out
-    )
-    train_shard(load_config("cpu-tiny", [*overrides, "train.round_lr=3e-4"]), small_split, 0, tmp_path / "set")
-    assert first_lr("set") == pytest.approx(3e-4)
-
-
 def test_the_fleet_status_shows_the_round_each_shard_is_in_and_what_it_waits_for():
     from datetime import datetime, timezone
 

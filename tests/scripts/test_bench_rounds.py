@@ -34,8 +34,6 @@ def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
                           "all data", "synchronous 2x batch"]  # fmt: skip
     assert rows["rounds H=2 nesterov"]["outer"] == {"lr": 0.7, "momentum": 0.9, "space": "factors"}
     assert rows["rounds H=2 svd:2/0.5"]["outer"] == {"lr": 2.0, "momentum": 0.5, "space": "svd"}
-    # The rounds and the synchronous 2x batch train at kit's rounds lr, twice the one-shard lr here.
-    assert rows["rounds H=2 avg"]["lr"] == rows["synchronous 2x batch"]["lr"] == 2 * rows["one-shot"]["lr"]
     assert "max_factor_error" in rows["rounds H=2 avg"] and "max_svd_error" in rows["rounds H=2 svd:2/0.5"]
     for row in rows.values():
         assert {"eval_loss", "json_valid_rate", "task_accuracy", "uploaded_bytes_per_shard"} <= set(row)
