@@ -31,7 +31,8 @@ Every row trains at train.lr: compare rows at their own best lr with `--set trai
 the S-step rows and the N*S-step row want different ones).
 
 Per row: eval loss, JSON validity, task accuracy, the adapter bytes each shard uploaded
-(one adapter per round; one in all for one-shot), the lr, and seconds. No network.
+(one adapter per round; one in all for one-shot), and seconds. The report gives the lr once: every
+row trains at it. No network.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def main(argv=None) -> dict:
                 train_alone(cfg, d, tokenizer, work / f"one-shot-{i}", args.steps) for i, d in enumerate(datasets)
             ]
             merge_adapters(adapters, work / "one-shot-merged", method="exact")
-            return work / "one-shot-merged", (adapters[0] / ADAPTER_WEIGHTS).stat().st_size, {"lr": cfg.train.lr}
+            return work / "one-shot-merged", (adapters[0] / ADAPTER_WEIGHTS).stat().st_size, {}
 
         timed("one-shot", one_shot)
         for h in hs:
@@ -293,7 +294,6 @@ def main(argv=None) -> dict:
                         extra = {
                             "rounds": len(records),
                             "outer": outer_spec(outer),
-                            "lr": cfg.train.lr,
                         }
                         for key in ("svd_error", "factor_error"):
                             errors = [r[key] for r in records if key in r]
@@ -308,7 +308,7 @@ def main(argv=None) -> dict:
 
             merged = concatenate_datasets(datasets)
             adapter = train_alone(cfg, merged, tokenizer, work / "all-data", args.steps * args.shards)
-            return adapter, 0, {"lr": cfg.train.lr}
+            return adapter, 0, {}
 
         timed("all data", all_data)
 
@@ -320,7 +320,7 @@ def main(argv=None) -> dict:
             wide = with_steps(cfg, args.steps)
             wide.train.grad_accum = cfg.train.grad_accum * args.shards
             merged = concatenate_datasets(datasets)
-            return train_alone(wide, merged, tokenizer, work / "synchronous", args.steps), 0, {"lr": wide.train.lr}
+            return train_alone(wide, merged, tokenizer, work / "synchronous", args.steps), 0, {}
 
         timed(f"synchronous {args.shards}x batch", synchronous)
     report = {
@@ -329,6 +329,7 @@ def main(argv=None) -> dict:
         "steps_per_shard": args.steps,
         "examples": args.examples,
         "overrides": args.set,
+        "lr": cfg.train.lr,  # every row's (Rows, above)
         "eval_examples": len(eval_records),
         "shard_examples": shard_examples,
         "seconds": round(time.monotonic() - began, 1),

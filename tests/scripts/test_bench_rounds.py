@@ -41,6 +41,9 @@ def test_the_rounds_benchmark_reports_every_row_with_its_scores_and_uploads():
     # Two rounds upload two adapters per shard; the one-shot shard uploads one.
     assert rows["rounds H=2 avg"]["uploaded_bytes_per_shard"] == 2 * rows["one-shot"]["uploaded_bytes_per_shard"]
     assert rows["all data"]["eval_loss_vs_all_data"] == 0.0
+    from kit.config import load_config
+
+    assert report["lr"] == load_config("cpu-tiny").train.lr  # every row's, reported once
 
 
 def test_the_rounds_benchmark_takes_its_optimizer_mode_from_the_run_settings_unless_told():
