@@ -1,7 +1,8 @@
 """File and folder writes that are never seen half-done: write beside under a temp name, then rename.
 
     write_json_atomic(path, data)            # status, metrics, pointers
-    copy_file_atomic(src, dst)               # a folder remote's commit
+    tmp = staged_beside(dst, Path(src))      # a folder remote's commit: stage every file, then
+    os.replace(tmp, dst)                     # publish them all under its lock (kit/remote.py)
     with folder_written_whole(final) as tmp: # an adapter, a pulled checkpoint, a tokenized cache
         model.save_pretrained(tmp)
 
@@ -25,20 +26,21 @@ def _temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def staged_beside(path: str | Path, data: bytes | Path) -> Path:
+    """A hidden temp file beside `path` holding `data` (bytes, or a copy of that file); `os.replace` it onto
+    `path` to publish it (a folder remote stages a whole commit first, then publishes it under its lock)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    if isinstance(data, Path):
+        shutil.copyfile(data, tmp)
+    else:
+        tmp.write_bytes(data)
+    return tmp
 
 
-def copy_file_atomic(src: str | Path, dst: str | Path) -> None:
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(dst)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    os.replace(staged_beside(path, data), path)  # atomic on POSIX: readers see the old file or the new one
 
 
 @contextmanager

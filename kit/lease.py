@@ -19,8 +19,9 @@ anything was committed in between, the Hub refuses (412) and the check runs
 again; if the lease at the head is another session's, the write is refused
 with ShardLeaseError. So a session that lost its lease (it was taken over
 after a long stall) can't move `latest.json` or overwrite a checkpoint. A
-folder remote (a mounted Drive) has no commits: there the lease is read before
-each write, which catches a second writer but not a race within a second.
+folder remote (a mounted Drive, a shared disk) does the same compare-and-swap
+under its lock file (kit/remote.py's FolderRemote), so two sessions racing for
+one shard there end with one holder too.
 
 A restart on the same disk (a crashed kernel rerun in the same runtime) takes
 its own lease back: the work dir remembers the session that last trained there.

@@ -13,7 +13,10 @@
 A `commit` is one unit: on the Hub one commit (atomic: all files or none); in a
 folder every file is written to a temp name and renamed, in the order given, so
 a caller that puts its marker file last (a pointer, a manifest) gets the same
-"marker means complete" guarantee from both backends.
+"marker means complete" guarantee from both backends. `commit(parent_commit=
+remote.head())` is a compare-and-swap on both: refused (`is_conflict`) when
+anything was committed since that head; a folder does it under a lock file
+(FolderRemote's docstring).
 
 The Hub client does not retry a commit POST and does not retry a download GET
 that answered 500, so every call here goes through `with_retries` (exponential
@@ -27,14 +30,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from kit.errors import RemoteError, ShardLeaseError
-from kit.files import copy_file_atomic, write_bytes_atomic
+from kit.files import staged_beside, write_bytes_atomic
 from kit.layout import cache_folder
 
 HUB_SCHEME = "hf://"
@@ -89,9 +95,11 @@ def _is_offline_miss(err: BaseException) -> bool:
 
 
 def is_conflict(err: BaseException) -> bool:
-    """The Hub refused a commit because its parent_commit is no longer the head (HTTP 412)."""
+    """A conditional commit was refused: its parent_commit is no longer the head (the Hub's 412, a folder's own)."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    if isinstance(err, FolderConflict):
+        return True
     return isinstance(err, HfHubHTTPError) and err.response is not None and err.response.status_code == 412
 
 
@@ -166,8 +174,8 @@ class Remote:
         raise NotImplementedError
 
     def head(self) -> str | None:
-        """The newest commit's id (None for a folder, which has no commits: its writes can't be conditional)."""
-        return None
+        """The newest commit's id, for a conditional `commit(parent_commit=...)`."""
+        raise NotImplementedError
 
     def read_bytes(self, path: str, revision: str | None = None) -> bytes | None:
         raise NotImplementedError
@@ -291,8 +299,30 @@ class HubRemote(Remote):
         return local_dir
 
 
+class FolderConflict(RemoteError):
+    """A conditional commit to a folder whose head moved since the caller read it: the folder's HTTP 412."""
+
+
+FOLDER_HEAD = ".kit-head"
+"""In a folder remote: a token that every commit replaces, so `head()` can say whether anything landed."""
+FOLDER_LOCK = ".kit-lock"
+"""In a folder remote: held (created exclusively) while a commit checks its parent and publishes its files."""
+LOCK_STALE_S = 120.0
+"""A folder's lock older than this is a crashed writer's: it is broken. A commit holds it for milliseconds
+(its files are copied before it takes the lock), so only a writer that died inside that window leaves one."""
+LOCK_POLL_S = 0.02
+
+
 class FolderRemote(Remote):
-    """A plain folder (a mounted Google Drive, a shared disk): same calls, file copies."""
+    """A plain folder (a mounted Google Drive, a shared disk): same calls, file copies.
+
+    A commit copies its files to hidden temp names beside their targets first, then, holding
+    `.kit-lock` (created with O_EXCL, atomic on a local disk and on NFS), checks `parent_commit`
+    against `.kit-head`, renames the files into place in the caller's order, moves the deleted
+    folders aside and writes a new head token. So a conditional commit is a compare-and-swap here
+    too, and kit/lease.py and kit/round_store.py race the same way on both backends. What no
+    lock can make atomic: one folder synced between machines by a sync service (a Drive shared
+    between accounts), which has no shared moment to compare at."""
 
     def __init__(self, location: str | Path):
         self.location = str(location)
@@ -304,16 +334,76 @@ class FolderRemote(Remote):
     def ensure_exists(self, private: bool = True) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def head(self) -> str:
+        path = self.root / FOLDER_HEAD
+        return (path.read_text().strip() if path.is_file() else "") or "empty"
+
     def _commit_once(
         self, files: dict[str, Path | bytes], message: str, delete_folders: list[str], parent_commit: str | None
     ) -> None:
-        for path, src in files.items():  # in the caller's order: its marker file comes last
-            if isinstance(src, Path):
-                copy_file_atomic(src, self.root / path)
-            else:
-                write_bytes_atomic(self.root / path, src)
-        for folder in delete_folders:
-            shutil.rmtree(self.root / folder.strip("/"), ignore_errors=True)
+        staged, trash = [], []
+        try:
+            for path, src in files.items():  # in the caller's order: its marker file comes last
+                staged.append((staged_beside(self.root / path, src), self.root / path))
+            with self._locked():
+                if parent_commit is not None and self.head() != parent_commit:
+                    raise FolderConflict(
+                        f"{self.location}: something was committed since {parent_commit} ({message} not written)"
+                    )
+                for tmp, final in staged:
+                    os.replace(tmp, final)
+                staged = []
+                for folder in delete_folders:
+                    target = self.root / folder.strip("/")
+                    if target.exists():  # aside under a hidden name (list_files skips it), removed after the lock
+                        trash.append(target.with_name(f".{target.name}.deleted-{secrets.token_hex(3)}"))
+                        os.rename(target, trash[-1])
+                write_bytes_atomic(self.root / FOLDER_HEAD, secrets.token_hex(8).encode())
+        finally:
+            for tmp, _ in staged:  # a refused or failed commit leaves nothing behind
+                tmp.unlink(missing_ok=True)
+            for folder in trash:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold `.kit-lock` for the block; break one left by a writer that died holding it."""
+        lock = self.root / FOLDER_LOCK
+        self.root.mkdir(parents=True, exist_ok=True)
+        mine = f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                self._break_if_stale(lock)
+                time.sleep(LOCK_POLL_S)
+        with os.fdopen(fd, "w") as out:
+            out.write(mine)
+        try:
+            yield
+        finally:
+            try:
+                if lock.read_text() == mine:  # not if it was broken as stale meanwhile and is someone else's now
+                    lock.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _break_if_stale(self, lock: Path) -> None:
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age < LOCK_STALE_S:
+                return
+            holder = lock.read_text()
+            aside = lock.with_name(f"{FOLDER_LOCK}.stale-{secrets.token_hex(3)}")
+            os.rename(lock, aside)  # atomic: of several waiters breaking it, one does
+        except FileNotFoundError:
+            return  # released (or broken by another waiter) meanwhile
+        aside.unlink(missing_ok=True)
+        print(
+            f"{self.location}: broke {FOLDER_LOCK}, held {age:.0f} s by {holder or 'a writer'} that never released it",
+            flush=True,
+        )
 
     def read_bytes(self, path: str, revision: str | None = None) -> bytes | None:
         target = self.root / path
@@ -323,7 +413,8 @@ class FolderRemote(Remote):
         if not self.root.is_dir():
             return []
         found = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-        return sorted(f for f in found if f.startswith(prefix) and not Path(f).name.startswith("."))
+        # Hidden names are kit's own (the head, the lock, staged files, folders being deleted): never content.
+        return sorted(f for f in found if f.startswith(prefix) and not any(p.startswith(".") for p in f.split("/")))
 
     def download(self, paths: list[str], local_dir: str | Path) -> Path:
         local_dir = Path(local_dir)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -131,6 +132,37 @@ def test_a_folder_remote_checks_the_lease_before_each_write(tmp_path):
     first.acquire()
     with pytest.raises(ShardLeaseError):
         ShardLease(FolderRemote(tmp_path / "run"), 0, BEAT_S, clock=clock, runtime="drive-b").acquire()
+
+
+class SlowReads(FolderRemote):
+    """A shared disk that takes a while to read: every session reads "no lease" before any writes one."""
+
+    def read_bytes(self, path, revision=None):
+        data = super().read_bytes(path, revision)
+        time.sleep(0.2)
+        return data
+
+
+def test_sessions_racing_for_one_shard_on_a_folder_end_with_one_holder(tmp_path):
+    clock, start = Clock(), threading.Barrier(4)
+    leases = [ShardLease(SlowReads(tmp_path / "run"), 0, BEAT_S, clock=clock, runtime=f"box-{i}") for i in range(4)]
+    held, refused = [], []
+
+    def race(lease):
+        start.wait()
+        try:
+            lease.acquire()
+            held.append(lease.session)
+        except ShardLeaseError:
+            refused.append(lease.session)
+
+    threads = [threading.Thread(target=race, args=(lease,)) for lease in leases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(held) == 1 and len(refused) == 3
+    assert json.loads((tmp_path / "run" / "shard-00" / "lease.json").read_text())["session"] == held[0]
 
 
 def test_a_slow_shard_between_saves_is_never_stale_and_a_killed_one_is_after_three_missed_beats(hub):

@@ -10,6 +10,7 @@ points HF_ENDPOINT at it and sets HF_TOKEN to hub_env.FAKE_TOKEN).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from kit.errors import MissingTokenError, RemoteError, UploadError
 from kit.hf_token import find_token
 from kit.layout import METRICS, POINTER
 from kit.model_card import render_model_card
-from kit.remote import FolderRemote, open_remote
+from kit.remote import FolderRemote, is_conflict, open_remote
 from kit.sync import CheckpointUploader, ShardSync
 
 TINY = ["train.max_steps=2", "train.save_steps=2", "eval.generate_samples=2", "eval.max_new_tokens=8"]
@@ -60,6 +61,32 @@ def test_both_backends_commit_read_list_download_and_delete_the_same_way(any_rem
     assert (local / "b/y.txt").read_bytes() == b"y"
     any_remote.commit({"c.txt": b"c"}, "second", delete_folders=["a/x", "never/was"])
     assert any_remote.list_files("a/") == [] and any_remote.read_bytes("c.txt") == b"c"
+
+
+def test_both_backends_land_a_conditional_commit_only_on_the_head_it_read(any_remote):
+    any_remote.ensure_exists()
+    any_remote.commit({"a.txt": b"1"}, "first")
+    head = any_remote.head()
+    any_remote.commit({"a.txt": b"2"}, "on the head it read", retries=False, parent_commit=head)
+    with pytest.raises(Exception) as refused:  # the head moved: the Hub answers 412, a folder its own conflict
+        any_remote.commit({"a.txt": b"3", "b.txt": b"b"}, "on a head that moved", retries=False, parent_commit=head)
+    assert is_conflict(refused.value)
+    assert any_remote.read_bytes("a.txt") == b"2" and any_remote.read_bytes("b.txt") is None
+    if isinstance(any_remote, FolderRemote):  # nor a staged copy of it
+        assert sorted(p.name for p in any_remote.root.iterdir()) == [remote_mod.FOLDER_HEAD, "a.txt"]
+
+
+def test_a_folder_lock_left_by_a_writer_that_died_holding_it_is_broken_once_stale(tmp_path, capsys):
+    remote = FolderRemote(tmp_path / "remote")
+    remote.ensure_exists()
+    lock = tmp_path / "remote" / remote_mod.FOLDER_LOCK
+    lock.write_text("colab pid 7 0123abcd")
+    old = time.time() - remote_mod.LOCK_STALE_S - 1
+    os.utime(lock, (old, old))
+    remote.commit({"a.txt": b"1"}, "after the crash")
+    assert remote.read_bytes("a.txt") == b"1" and not lock.exists()
+    out = capsys.readouterr().out
+    assert "broke .kit-lock" in out and "by colab pid 7 0123abcd" in out
 
 
 def test_hub_repos_are_created_private_unless_asked(hub):

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 import torch
 from test_merge import make_adapter
 
-from kit.layout import ADAPTER_WEIGHTS, round_folder
+from kit.layout import ADAPTER_WEIGHTS, OUTER_STATE, round_folder
 from kit.merge import load_adapters
 from kit.remote import FolderRemote, open_remote
 from kit.round_store import RoundStore
@@ -99,21 +100,37 @@ def test_a_shard_that_is_not_last_waits_and_pulls_the_global_someone_else_made(t
     )
 
 
-def test_two_makers_racing_on_the_hub_produce_one_global(hub, tiny_model_dir, tmp_path):
-    repo = f"kit-tester/rounds-{uuid.uuid4().hex[:6]}"
-    remote = open_remote(f"hf://{repo}")
-    remote.ensure_exists()
-    first, second = RoundStore(remote, tmp_path / "a"), RoundStore(open_remote(f"hf://{repo}"), tmp_path / "b")
+def saw_before(remote, folder: str) -> None:
+    """From now on, `remote`'s next head() and next listing of `folder` answer what they answer now, once:
+    what a maker saw just before another maker's global landed."""
+    real_head, real_list = remote.head, remote.list_files
+    stale = {"head": real_head(), "listing": real_list(folder)}
+
+    def head():
+        return stale.pop("head", None) or real_head()
+
+    def list_files(prefix=""):
+        return stale.pop("listing") if prefix == folder and "listing" in stale else real_list(prefix)
+
+    remote.head, remote.list_files = head, list_files
+
+
+@pytest.mark.parametrize("backend", ["hub", "folder"])
+def test_two_makers_racing_produce_one_global_and_the_loser_uses_it(backend, request, tiny_model_dir, tmp_path):
+    if backend == "hub":
+        request.getfixturevalue("hub")
+        location = f"hf://kit-tester/rounds-{uuid.uuid4().hex[:6]}"
+    else:
+        location = tmp_path / "run"
+    first, second = RoundStore(open_remote(location), tmp_path / "a"), RoundStore(open_remote(location), tmp_path / "b")
+    first.remote.ensure_exists()
     start_round(first, tiny_model_dir, tmp_path)
-    stale = second.remote.head()
-    first.close(1)
-    heads = iter([stale])  # the second maker looked before the first one's global landed
-    real_head = second.remote.head
-    second.remote.head = lambda: next(heads, None) or real_head()
-    got = second.close(1, outer=Outer(0.7, 0.9))  # would make another global (Nesterov), but one is there now
-    makes = [c for c in hub.commits(repo) if c["summary"] == f"{round_folder(1)}/global: global"]
-    assert len(makes) == 1
-    assert (got / ADAPTER_WEIGHTS).read_bytes() == hub.files(repo)[f"{round_folder(1)}/global/{ADAPTER_WEIGHTS}"]
+    saw_before(second.remote, f"{round_folder(1)}/")
+    made = first.close(1)
+    got = second.close(1, outer=Outer(0.7, 0.9))  # makes another global (Nesterov): its commit must be refused
+    published = first.remote.read_bytes(f"{round_folder(1)}/global/{ADAPTER_WEIGHTS}")
+    assert published == (made / ADAPTER_WEIGHTS).read_bytes() == (got / ADAPTER_WEIGHTS).read_bytes()
+    assert first.remote.read_bytes(f"{round_folder(1)}/{OUTER_STATE}") is None, "the loser's commit left nothing"
 
 
 def test_nesterov_rounds_carry_the_outer_state_from_one_round_to_the_next(tiny_model_dir, tmp_path):
