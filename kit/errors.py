@@ -72,6 +72,14 @@ class RemoteError(KitError, RuntimeError):
     """A remote location is malformed, or a transfer failed after every retry."""
 
 
+class FolderConflict(RemoteError):
+    """A conditional commit to a folder remote whose head moved since the caller read it: a folder's HTTP 412.
+
+    kit/remote.py raises it; `is_conflict` tells it apart from a failed transfer, so a lease or a round's
+    outer step re-reads and retries instead of giving up.
+    """
+
+
 class UploadError(KitError, RuntimeError):
     """Something that should be on a run's remote is not, after every retry (kit/sync.py raises it)."""
 

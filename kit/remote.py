@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from kit.errors import RemoteError, ShardLeaseError
+from kit.errors import FolderConflict, RemoteError, ShardLeaseError
 from kit.files import staged_beside, write_bytes_atomic
 from kit.layout import cache_folder
 
@@ -297,10 +297,6 @@ class HubRemote(Remote):
             f"download {paths} from {self.location}",
         )
         return local_dir
-
-
-class FolderConflict(RemoteError):
-    """A conditional commit to a folder whose head moved since the caller read it: the folder's HTTP 412."""
 
 
 FOLDER_HEAD = ".kit-head"
