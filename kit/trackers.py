@@ -4,14 +4,16 @@
     train.trackio_space_id=me/my-run-dashboard   # every shard of the run logs to this one Space
     names = tracker_names("hf://me/run", 3)      # project "me/run", run "me/run/shard-03", a fixed run id
     TrainingArguments(**tracker_arguments(cfg, names), ...); callbacks += tracker_callbacks(cfg, names, shard_dir)
+    with tracker_runs(cfg, names): trainer.train()   # opens and finishes the shard's W&B run
 
 The Trainer's own integrations do the logging (transformers' TrackioCallback,
 TensorBoardCallback, WandbCallback); this module only gives them names that
 survive a resume on another account:
 - trackio: `project` is the run repo, `name` is REPO/shard-II; trackio.init is
   called with resume="allow", so a resumed shard continues the run of that name.
-- wandb: the run id is derived from the run repo and the shard (WANDB_RUN_ID,
-  with WANDB_RESUME=allow), so a resumed shard continues its W&B run.
+- wandb: kit opens the shard's run itself (`tracker_runs`), with an id derived
+  from the run repo and the shard and resume="allow", so a resumed shard
+  continues its W&B run and each shard trained in one process gets its own.
 - tensorboard: the event files go to `shard-II/tensorboard/` (transformers'
   default is a folder per start time and host, which splits a resumed shard
   in two); kit/sync.py pushes that folder, so the Hub's TensorBoard tab shows
@@ -28,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +64,46 @@ def tracker_arguments(cfg, names: TrackerNames) -> dict:
         # No static snapshot Space per shard at the end of each train(): with six shards that is six
         # more Spaces; the one live Space (trackio_space_id) already shows every shard of the run.
         args["trackio_static_space_id"] = False
-    if "wandb" in targets:
-        # WandbCallback reads these at setup; a value the user set wins.
-        os.environ.setdefault("WANDB_PROJECT", re.sub(r"[^\w.-]", "-", names.project))
-        os.environ.setdefault("WANDB_RUN_ID", names.run_id)
-        os.environ.setdefault("WANDB_RESUME", "allow")
     return args
+
+
+def _active_wandb_run():
+    wandb = sys.modules.get("wandb")  # never imported here: a run only exists if something imported wandb
+    return getattr(wandb, "run", None) if wandb is not None else None
+
+
+@contextmanager
+def tracker_runs(cfg, names: TrackerNames, main: bool = True):
+    """Around one shard's training: start its W&B run under the shard's fixed id, and finish it at the end.
+
+    kit starts the run itself, and WandbCallback logs into it (it uses a run that is already open), because
+    the callback cannot be given a run id: it takes it from WANDB_RUN_ID, which wandb reads once per process,
+    and it never finishes its run. With the callback alone, every shard trained in one process (a script
+    looping over `kit.train_shard`) would log into the first shard's run. A run the user opened before the
+    shard is theirs: it is used and left open. WANDB_PROJECT / WANDB_RUN_ID, when set, win over kit's names.
+    Finishing is a nicety: a failure to is printed, never raised over the shard's own result.
+    """
+    before = _active_wandb_run()
+    ours = None
+    if main and "wandb" in report_targets(cfg.train.report_to) and before is None:
+        import wandb
+
+        ours = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or re.sub(r"[^\w.-]", "-", names.project),
+            id=os.environ.get("WANDB_RUN_ID") or names.run_id,
+            name=names.run_name,
+            resume="allow",  # a resumed shard, on any account, continues its run
+        )
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if ours is not None and _active_wandb_run() is ours:
+            try:
+                ours.finish(exit_code=1 if failed else 0)
+            except Exception as e:  # noqa: BLE001 - the shard's outcome is already decided
+                print(f"kit: could not finish the W&B run {ours.id}: {type(e).__name__}: {e}")
 
 
 TRACKER_PACKAGES = {"trackio": ("trackio",), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}

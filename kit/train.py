@@ -71,7 +71,14 @@ from kit.remote import FolderRemote
 from kit.round_store import RoundStore
 from kit.rounds import Outer, RoundBoundary, RoundStart, checkpoint_round
 from kit.sync import ShardSync, open_shard_sync
-from kit.trackers import TrackerNames, check_tracker_packages, tracker_arguments, tracker_callbacks, tracker_names
+from kit.trackers import (
+    TrackerNames,
+    check_tracker_packages,
+    tracker_arguments,
+    tracker_callbacks,
+    tracker_names,
+    tracker_runs,
+)
 from kit.wheel import kit_version
 
 
@@ -176,7 +183,8 @@ def train_shard(
     if main and sync.claim(take_over, cfg.train.heartbeat_minutes * 60):  # ShardLeaseError: another session has it
         status.update(state="running", max_steps=cfg.train.max_steps, error=None)  # what the heartbeat pushes
     try:
-        return _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output)
+        with tracker_runs(cfg, tracker_names(output, shard), main):  # the shard's own W&B run, when asked for
+            return _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output)
     except BaseException as e:
         if main:  # the remote says why at once, and the lease is free for the next session
             sync.end_session(error=f"{type(e).__name__}: {e}")
