@@ -3,7 +3,7 @@
     train.report_to=trackio                      # or tensorboard, wandb, "trackio,tensorboard", none (default)
     train.trackio_space_id=me/my-run-dashboard   # every shard of the run logs to this one Space
     names = tracker_names("hf://me/run", 3)      # project "me/run", run "me/run/shard-03", a fixed run id
-    TrainingArguments(**tracker_arguments(cfg, names), ...); callbacks += tracker_callbacks(cfg, names, shard_dir)
+    TrainingArguments(**tracker_arguments(cfg, names), ...); callbacks += tracker_callbacks(cfg, shard_dir)
     with tracker_runs(cfg, names): trainer.train()   # opens and finishes the shard's W&B run
 
 The Trainer's own integrations do the logging (transformers' TrackioCallback,

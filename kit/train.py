@@ -183,22 +183,23 @@ def train_shard(
     if main and sync.claim(take_over, cfg.train.heartbeat_minutes * 60):  # ShardLeaseError: another session has it
         status.update(state="running", max_steps=cfg.train.max_steps, error=None)  # what the heartbeat pushes
     try:
-        with tracker_runs(cfg, tracker_names(output, shard), main):  # the shard's own W&B run, when asked for
-            return _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output)
+        names = tracker_names(output, shard)
+        with tracker_runs(cfg, names, main):  # the shard's own W&B run, when asked for
+            return _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output, names)
     except BaseException as e:
         if main:  # the remote says why at once, and the lease is free for the next session
             sync.end_session(error=f"{type(e).__name__}: {e}")
         raise
 
 
-def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output) -> dict:
+def _train_claimed(cfg, data, shard, sync, paths, status, started, main, callbacks, output, names) -> dict:
     identity = run_identity(cfg, shard, data.sha256, world_size())
     resume = find_resume(cfg, paths, sync, main, identity)
     print0(
         f"shard {shard}: {len(data.dataset)} examples ({data.stats}); "
         + (f"resuming from {resume.name}" if resume else "starting")
     )
-    run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks, tracker_names(output, shard))
+    run = ShardRun(cfg, paths, data, status, sync, started, main, identity, callbacks, names)
     if cfg.train.round_steps and world_size() > 1:
         raise KitError("train.round_steps runs one process per shard for now: set train.round_steps=0 under torchrun")
     if cfg.train.round_steps:  # fleet rounds: the shards meet through the run's remote every round_steps
